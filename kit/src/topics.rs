@@ -1,0 +1,48 @@
+//! The workbook's named topics, in one manifest.
+//!
+//! The runnable stories (`cargo xtask lesson NN`) use these names; `cargo xtask broker` creates them on the
+//! embedded broker before any client connects (the mock cannot create topics on request), and
+//! `cargo xtask topics` creates them on a real broker. Tests never use these names: they make unique ones with
+//! [`crate::testing::unique`] so they can run in parallel against one broker.
+
+/// One topic as the workbook wants it. Retention and compression only apply on real Kafka; the mock keeps
+/// everything (up to its 5 MiB per partition) and ignores topic configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TopicSpec {
+    pub name: &'static str,
+    pub partitions: i32,
+    /// `retention.ms` on real Kafka; `None` keeps the broker default (7 days).
+    pub retention_ms: Option<i64>,
+    /// `compression.type` set on the topic (the broker recompresses if producers differ).
+    pub compression: &'static str,
+    /// What the topic is for, shown by `cargo xtask topics`.
+    pub purpose: &'static str,
+}
+
+const DAY_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// User clicks and purchases: the stream lessons 01–09 produce and consume. Keyed by `user_id`.
+pub const USER_EVENTS: TopicSpec = TopicSpec {
+    name: "user-events",
+    partitions: 3,
+    retention_ms: Some(7 * DAY_MS),
+    compression: "lz4",
+    purpose: "user clicks and purchases, keyed by user_id",
+};
+
+/// Events that could not be processed, with the reason in headers (lesson 08).
+pub const USER_EVENTS_DLQ: TopicSpec = TopicSpec {
+    name: "user-events-dlq",
+    partitions: 1,
+    retention_ms: Some(30 * DAY_MS),
+    compression: "lz4",
+    purpose: "dead letters from user-events, kept longer for inspection and replay",
+};
+
+/// Every topic the workbook's stories use.
+pub const WORKBOOK_TOPICS: &[TopicSpec] = &[USER_EVENTS, USER_EVENTS_DLQ];
+
+/// Looks a topic up by name.
+pub fn find(name: &str) -> Option<&'static TopicSpec> {
+    WORKBOOK_TOPICS.iter().find(|t| t.name == name)
+}
