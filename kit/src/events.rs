@@ -89,6 +89,18 @@ pub fn sample_events(seed: u64, count: usize, users: u32) -> Vec<UserEvent> {
         .collect()
 }
 
+/// Events for a live run: varied like [`sample_events`] but with fresh ids and the current time, so every run
+/// of a story adds new, distinct events to the log.
+pub fn live_events(count: usize, users: u32) -> Vec<UserEvent> {
+    let seed = Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64;
+    let mut events = sample_events(seed, count, users);
+    for event in &mut events {
+        event.event_id = Uuid::new_v4();
+        event.timestamp = Utc::now();
+    }
+    events
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
