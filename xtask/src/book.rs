@@ -1,0 +1,268 @@
+//! `cargo xtask book [--serve]`: builds (or serves) the book in `docs/` with a pinned mdBook.
+//!
+//! What it does, in order:
+//! 1. Finds mdBook and mdbook-mermaid at their pinned versions, in the workbook's tool directory
+//!    (`<target>/tools/bin`) or on `PATH`, and installs them there with `cargo install --locked` when missing.
+//!    That takes a few minutes, once per machine; a spinner says so. Pinning keeps every machine rendering, and
+//!    warning about, the same things.
+//! 2. Writes each lesson's hint from its `lesson.toml` to `mdbook/generated/hints/NN-slug.md`, so the chapters
+//!    include the very text `cargo xtask hint NN` prints (one source, two readers).
+//! 3. Has mdbook-mermaid write its JavaScript next to `book.toml` (the files ship inside the tool, matching its
+//!    version, so they are not kept in git).
+//! 4. Runs `mdbook build` and fails on any warning or error it logs, and on any `{{#include}}` or `{{#…}}`
+//!    directive left in the HTML: a missing file or anchor must break the build, never ship a hole.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::catalog;
+
+/// The mdBook the book is written for. 0.5 is the first with the `mdbook-preprocessor` API mdbook-mermaid uses.
+pub const MDBOOK_VERSION: &str = "0.5.4";
+/// Renders ```` ```mermaid ```` blocks (diagrams are drawn in the reader's browser by mermaid.js).
+pub const MDBOOK_MERMAID_VERSION: &str = "0.17.1";
+
+/// A tool the book needs, at its pinned version.
+struct Tool {
+    name: &'static str,
+    version: &'static str,
+    /// Measured on a 2-core machine, for the progress message.
+    install_minutes: u32,
+}
+
+const TOOLS: [Tool; 2] = [
+    Tool { name: "mdbook", version: MDBOOK_VERSION, install_minutes: 5 },
+    Tool { name: "mdbook-mermaid", version: MDBOOK_MERMAID_VERSION, install_minutes: 2 },
+];
+
+pub fn run(serve: bool, port: u16) -> anyhow::Result<()> {
+    let tools_bin = ensure_tools()?;
+    prepare()?;
+    let book_dir = book_dir();
+    let path = path_with(&tools_bin);
+    if serve {
+        println!("serving the book on http://127.0.0.1:{port} (rebuilds on save; Ctrl-C stops)");
+        let status = Command::new(tools_bin.join("mdbook"))
+            .args(["serve", "--hostname", "127.0.0.1", "--port", &port.to_string()])
+            .arg(&book_dir)
+            .env("PATH", path)
+            .status()?;
+        if !status.success() {
+            bail!("mdbook serve stopped: {status}");
+        }
+        return Ok(());
+    }
+    let output = Command::new(tools_bin.join("mdbook"))
+        .arg("build")
+        .arg(&book_dir)
+        .env("PATH", path)
+        .stdin(Stdio::null())
+        .output()?;
+    let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let problems = log_problems(&log);
+    if !output.status.success() || !problems.is_empty() {
+        bail!("the book did not build cleanly ({}):\n{log}", output.status);
+    }
+    let holes = unexpanded_directives(&book_dir.join("book"))?;
+    if !holes.is_empty() {
+        bail!("directives left unexpanded in the book (a missing file or anchor?):\n  {}", holes.join("\n  "));
+    }
+    println!("book built without warnings: {}", book_dir.join("book").join("index.html").display());
+    Ok(())
+}
+
+/// `mdbook/`, where `book.toml` is.
+pub fn book_dir() -> PathBuf {
+    catalog::root().join("mdbook")
+}
+
+/// `<target>/tools`: per machine, out of git, and where `cargo clean` would remove it with everything else built.
+fn tools_root() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| if p.is_absolute() { p } else { catalog::root().join(p) })
+        .unwrap_or_else(|| catalog::root().join("target"))
+        .join("tools")
+}
+
+/// Makes sure every tool is there at its pinned version; returns the directory holding them.
+fn ensure_tools() -> anyhow::Result<PathBuf> {
+    let root = tools_root();
+    let bin = root.join("bin");
+    for tool in &TOOLS {
+        if has_version(&bin.join(tool.name), tool.version) {
+            continue;
+        }
+        // A matching tool on PATH (say, installed with `cargo install` by hand) is as good: link it in.
+        if let Some(found) = on_path(tool.name).filter(|p| has_version(p, tool.version)) {
+            std::fs::create_dir_all(&bin)?;
+            let _ = std::fs::remove_file(bin.join(tool.name));
+            if std::fs::hard_link(&found, bin.join(tool.name)).is_err() {
+                std::fs::copy(&found, bin.join(tool.name))?;
+            }
+            continue;
+        }
+        install(tool, &root)?;
+    }
+    Ok(bin)
+}
+
+fn install(tool: &Tool, root: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(root)?;
+    let log_path = root.join(format!("install-{}.log", tool.name));
+    let log = std::fs::File::create(&log_path)?;
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")?);
+    spinner.set_message(format!(
+        "installing {} {} with cargo (once per machine, about {} min on 2 cores; log: {})",
+        tool.name,
+        tool.version,
+        tool.install_minutes,
+        log_path.display()
+    ));
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["install", tool.name, "--version", tool.version, "--locked", "--root"])
+        .arg(root)
+        // Our own CARGO_TARGET_DIR would make the tool's build share (and lock) the workbook's target dir.
+        .env_remove("CARGO_TARGET_DIR")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .status()?;
+    spinner.finish_and_clear();
+    if !status.success() {
+        let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<_> = tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect();
+        bail!("`cargo install {} --version {}` failed ({status}):\n{}", tool.name, tool.version, tail.join("\n"));
+    }
+    println!("installed {} {} in {}", tool.name, tool.version, root.join("bin").display());
+    Ok(())
+}
+
+/// Whether `program --version` names exactly `version` (`mdbook v0.5.4`, `mdbook-mermaid 0.17.1`).
+fn has_version(program: &Path, version: &str) -> bool {
+    Command::new(program)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| version_matches(&String::from_utf8_lossy(&o.stdout), version))
+        .unwrap_or(false)
+}
+
+fn version_matches(output: &str, version: &str) -> bool {
+    output.split_whitespace().any(|word| word.trim_start_matches('v') == version)
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// PATH with the tools first, so mdbook finds the pinned preprocessor.
+fn path_with(bin: &Path) -> std::ffi::OsString {
+    let mut paths = vec![bin.to_path_buf()];
+    if let Some(existing) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&existing));
+    }
+    std::env::join_paths(paths).expect("PATH entries without separators")
+}
+
+/// Steps 2 and 3 of the module docs: generated includes and mermaid's scripts.
+fn prepare() -> anyhow::Result<()> {
+    let hints = book_dir().join("generated").join("hints");
+    std::fs::create_dir_all(&hints)?;
+    for lesson in catalog::lessons()? {
+        write_if_changed(&hints.join(format!("{}.md", lesson.dir_name)), lesson.meta.hint.trim())?;
+    }
+    let bin = tools_root().join("bin");
+    let output = Command::new(bin.join("mdbook-mermaid"))
+        .arg("install")
+        .arg(book_dir())
+        .stdin(Stdio::null())
+        .output()
+        .context("running mdbook-mermaid install")?;
+    if !output.status.success() {
+        bail!("mdbook-mermaid install failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+/// Writing only on change keeps `mdbook serve` from rebuilding in a loop.
+fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<()> {
+    let text = format!("{text}\n");
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
+        std::fs::write(path, text)?;
+    }
+    Ok(())
+}
+
+/// Lines of mdBook's log that are warnings or errors (its INFO lines are fine).
+fn log_problems(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| line.split(|c: char| !c.is_ascii_alphabetic()).any(|word| word == "WARN" || word == "ERROR"))
+        .collect()
+}
+
+/// `file: directive` for every `{{#…}}` mdBook left in the rendered pages.
+fn unexpanded_directives(book: &Path) -> anyhow::Result<Vec<String>> {
+    let mut found = Vec::new();
+    let mut stack = vec![book.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "html") && !path.ends_with("print.html") {
+                let text = std::fs::read_to_string(&path)?;
+                for (at, _) in text.match_indices("{{#") {
+                    let snippet: String = text[at..].chars().take(80).take_while(|c| *c != '\n').collect();
+                    found.push(format!("{}: {snippet}", path.strip_prefix(book).unwrap_or(&path).display()));
+                }
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_read_from_both_tools_formats() {
+        assert!(version_matches("mdbook v0.5.4\n", "0.5.4"));
+        assert!(version_matches("mdbook-mermaid 0.17.1\n", "0.17.1"));
+        assert!(!version_matches("mdbook v0.4.52\n", "0.5.4"));
+        assert!(!version_matches("", "0.5.4"));
+    }
+
+    #[test]
+    fn warnings_and_errors_fail_the_build_but_info_does_not() {
+        let log = " INFO Book building has started\n\
+                   2025-01-01 [WARN] (mdbook::preprocess::links): Unable to read file\n\
+                    ERROR Rendering failed\n\
+                    INFO Running the html backend\n";
+        assert_eq!(log_problems(log).len(), 2);
+        assert!(log_problems(" INFO Book building has started\n INFO HTML book written to `book`\n").is_empty());
+    }
+
+    #[test]
+    fn every_lesson_chapter_includes_its_exercise_and_solution() {
+        let summary = std::fs::read_to_string(catalog::root().join("docs/SUMMARY.md")).unwrap();
+        for lesson in catalog::lessons().unwrap() {
+            let chapter = format!("lessons/{}.md", lesson.dir_name);
+            let Ok(text) = std::fs::read_to_string(catalog::root().join("docs").join(&chapter)) else { continue };
+            assert!(summary.contains(&format!("({chapter})")), "{chapter} is not listed in docs/SUMMARY.md");
+            assert!(text.contains(&format!("{{{{#include ../../lessons/{}/src/", lesson.dir_name)), "{chapter} shows no exercise");
+            assert!(text.contains(&format!("{{{{#include ../../solutions/{}/src/", lesson.dir_name)), "{chapter} shows no solution");
+            assert!(text.contains("<summary>Hint</summary>"), "{chapter} has no hint block");
+            assert!(text.contains("```mermaid"), "{chapter} has no diagram");
+            assert!(text.contains("## What can go wrong"), "{chapter} has no 'What can go wrong'");
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! The learner's commands: `list`, `check NN`, `hint NN`, `watch` and `reset NN`.
+//!
+//! A lesson is *solved* when every test of its exercise crate (`lesson-NN`) passes; nothing else is stored, so
+//! the status can never disagree with the tests. The *current* lesson is the first unsolved one, which is what
+//! `watch` follows, in the manner of rustlings' watch mode.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use anyhow::bail;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::catalog::{self, Lesson};
+use crate::grade::{self, LessonGrade};
+use crate::sync;
+
+/// Points are not a learner's concern; the grade module wants a scale.
+const POINTS: f64 = 10.0;
+
+/// Grades lesson `lesson`'s exercise.
+fn check_lesson(lesson: &Lesson) -> anyhow::Result<LessonGrade> {
+    grade::grade_lesson(lesson, &catalog::root().join("lessons"), POINTS)
+}
+
+pub fn list() -> anyhow::Result<()> {
+    let lessons = catalog::lessons()?;
+    let progress = ProgressBar::new(lessons.len() as u64);
+    progress.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} checking {msg} [{elapsed}]")?);
+    let mut rows = Vec::new();
+    for lesson in &lessons {
+        progress.set_message(lesson.label());
+        rows.push((lesson, check_lesson(lesson)?));
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    let mut current_marked = false;
+    for (lesson, grade) in &rows {
+        let marker = if !grade.solved && !current_marked {
+            current_marked = true;
+            "→"
+        } else {
+            " "
+        };
+        let status = match (grade.compiled, grade.solved) {
+            (_, true) => "solved".to_string(),
+            (false, _) => "does not compile".to_string(),
+            (true, false) => format!("unsolved ({}/{} tests pass)", grade.passed, grade.total),
+        };
+        println!("{marker} {:<36} {status}", lesson.label());
+    }
+    let solved = rows.iter().filter(|(_, g)| g.solved).count();
+    println!("\n{} {solved}/{} lessons solved", bar(solved, rows.len(), 30), rows.len());
+    if let Some((lesson, _)) = rows.iter().find(|(_, g)| !g.solved) {
+        println!("next: lesson {} — `cargo xtask check {}`, or `cargo xtask watch`", lesson.label(), lesson.number);
+    } else {
+        println!("every lesson is solved. Well done!");
+    }
+    Ok(())
+}
+
+/// `[#####-----]` with `done` of `total` filled.
+fn bar(done: usize, total: usize, width: usize) -> String {
+    let filled = if total == 0 { 0 } else { done * width / total };
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+/// `cargo xtask check NN`: fails (non-zero exit) until the lesson is solved, so graders can run it as is.
+pub fn check(nn: &str) -> anyhow::Result<()> {
+    let lesson = catalog::find(nn)?;
+    let spinner = spinner(&format!("checking lesson {} (compiling and running its tests)", lesson.label()));
+    let grade = check_lesson(&lesson)?;
+    spinner.finish_and_clear();
+    print_grade(&lesson, &grade);
+    if !grade.solved {
+        bail!("lesson {} is not solved yet", lesson.number);
+    }
+    Ok(())
+}
+
+fn print_grade(lesson: &Lesson, grade: &LessonGrade) {
+    println!("lesson {} — {}", lesson.label(), lesson.meta.summary);
+    if let Some(error) = &grade.compile_error {
+        println!("\nyour code does not compile yet:\n\n{error}\n");
+        println!("fix lessons/{}/src and run the check again.", lesson.dir_name);
+        return;
+    }
+    println!();
+    for test in &grade.tests {
+        println!("  {} {}", if test.passed { "✓" } else { "✗" }, test.name);
+    }
+    if let Some(failure) = grade.tests.iter().find_map(|t| t.failure.as_ref().map(|f| (&t.name, f))) {
+        let lines: Vec<_> = failure.1.lines().take(25).collect();
+        println!("\nfirst failure, {}:\n\n{}\n", failure.0, indent(&lines.join("\n")));
+    }
+    if grade.ungraded > 0 {
+        println!(
+            "\n{} assertion(s) were NOT GRADED ON THIS BROKER: the embedded broker cannot show them. \
+             Run against real Kafka to grade them (see the book's \"Running real Kafka\").",
+            grade.ungraded
+        );
+    }
+    if grade.solved {
+        println!("\n{}/{} tests pass: lesson {} is solved!", grade.passed, grade.total, lesson.number);
+    } else {
+        println!(
+            "\n{}/{} tests pass. Edit lessons/{}/src/lib.rs; `cargo xtask hint {}` gives a hint.",
+            grade.passed, grade.total, lesson.dir_name, lesson.number
+        );
+    }
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
+}
+
+pub fn hint(nn: &str) -> anyhow::Result<()> {
+    let lesson = catalog::find(nn)?;
+    println!("lesson {} — {}\n", lesson.label(), lesson.meta.summary);
+    println!("{}", lesson.meta.hint.trim_end());
+    println!("\nThe chapter explains the why: `cargo xtask book --serve`, then lessons/{}.", lesson.dir_name);
+    Ok(())
+}
+
+/// `cargo xtask reset NN`: writes the exercise afresh from the solution. The learner's files are kept in
+/// `target/workbook/reset/` first: a reset should never be the way work gets lost.
+pub fn reset(nn: &str) -> anyhow::Result<()> {
+    let lesson = catalog::find(nn)?;
+    let dir = lesson.exercise_dir();
+    let files = sync::generate(&lesson)?;
+    let changed = sync::compare(&dir, &files)?;
+    if changed.is_empty() {
+        println!("lessons/{} is already as shipped; nothing to reset", lesson.dir_name);
+        return Ok(());
+    }
+    let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+    let backup = catalog::root().join("target").join("workbook").join("reset").join(format!("{}-{stamp}", lesson.dir_name));
+    copy_dir(&dir, &backup)?;
+    sync::write(&dir, &files)?;
+    println!("lessons/{} is reset ({} file(s) rewritten).", lesson.dir_name, changed.len());
+    println!("Your previous files are in {}", backup.display());
+    Ok(())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for file in files_under(from) {
+        let target = to.join(file.strip_prefix(from)?);
+        std::fs::create_dir_all(target.parent().expect("a file has a parent"))?;
+        std::fs::copy(&file, &target)?;
+    }
+    Ok(())
+}
+
+/// Every file under `dir`, skipping build output.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    stack.push(path);
+                }
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// What the files of a lesson looked like: path → modification time and size.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (Option<SystemTime>, u64)> {
+    files_under(dir)
+        .into_iter()
+        .filter_map(|p| {
+            let meta = std::fs::metadata(&p).ok()?;
+            Some((p, (meta.modified().ok(), meta.len())))
+        })
+        .collect()
+}
+
+/// How often `watch` looks at the files. Polling a handful of files is cheap, and works on every file system
+/// (including network and container mounts where change notifications do not arrive).
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// `cargo xtask watch`: checks the current lesson, then again each time one of its files changes; moves on
+/// when it is solved. Ctrl-C stops.
+pub fn watch() -> anyhow::Result<()> {
+    let lessons = catalog::lessons()?;
+    let mut index = 0;
+    loop {
+        let Some(lesson) = lessons.get(index) else {
+            println!("every lesson is solved. Well done! (`cargo xtask list` shows them all)");
+            return Ok(());
+        };
+        clear_screen();
+        let spinner = spinner(&format!("checking lesson {}", lesson.label()));
+        let grade = check_lesson(lesson)?;
+        spinner.finish_and_clear();
+        if grade.solved {
+            // Solved already (or just now): on to the next, at once.
+            println!("lesson {} is solved", lesson.label());
+            index += 1;
+            continue;
+        }
+        print_grade(lesson, &grade);
+        println!(
+            "\nwatching lessons/{} — save a file to check again (Ctrl-C stops)",
+            lesson.dir_name
+        );
+        let dir = lesson.exercise_dir();
+        let before = snapshot(&dir);
+        while snapshot(&dir) == before {
+            std::thread::sleep(WATCH_INTERVAL);
+        }
+    }
+}
+
+fn clear_screen() {
+    print!("\x1b[2J\x1b[H");
+    let _ = std::io::stdout().flush();
+}
+
+fn spinner(message: &str) -> ProgressBar {
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
+    spinner.set_message(message.to_string());
+    spinner.enable_steady_tick(Duration::from_millis(200));
+    spinner
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_bar_fills_with_solved_lessons() {
+        assert_eq!(bar(0, 9, 9), "[---------]");
+        assert_eq!(bar(3, 9, 9), "[###------]");
+        assert_eq!(bar(9, 9, 9), "[#########]");
+        assert_eq!(bar(0, 0, 4), "[----]");
+    }
+
+    #[test]
+    fn watch_notices_a_saved_file() {
+        let dir = std::env::temp_dir().join(format!("xtask-watch-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/lib.rs"), "todo").unwrap();
+        let before = snapshot(&dir);
+        assert_eq!(snapshot(&dir), before, "nothing changed");
+        std::fs::write(dir.join("src/lib.rs"), "done!").unwrap();
+        assert_ne!(snapshot(&dir), before, "a save is seen");
+        copy_dir(&dir, &dir.join("copy")).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("copy/src/lib.rs")).unwrap(), "done!");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

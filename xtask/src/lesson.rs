@@ -1,0 +1,57 @@
+//! `cargo xtask lesson NN [--solution] [-- ARGS]`: runs a lesson's story against a broker.
+//!
+//! The broker is, in order: `KAFKA_BOOTSTRAP_SERVERS` if set; a `cargo xtask broker` running on this machine;
+//! otherwise an embedded broker this command hosts for the run. The lesson binary gets its address in
+//! `KAFKA_BOOTSTRAP_SERVERS` (plus `WORKBOOK_BROKER_KIND=embedded` for a mock, so clients are tuned for it).
+
+use std::process::ExitStatus;
+
+use kit::EmbeddedCluster;
+use kit::broker::{BOOTSTRAP_ENV, HOSTED_KIND_ENV};
+
+use crate::{broker, cargo, catalog};
+
+pub fn run(nn: &str, solution: bool, args: &[String]) -> anyhow::Result<()> {
+    let lesson = catalog::find(nn)?;
+    let package = if solution { lesson.solution_package() } else { lesson.exercise_package() };
+    println!("lesson {} — {}{}", lesson.number, lesson.meta.title, if solution { " (solution)" } else { "" });
+
+    // Kept alive until the lesson ends: dropping it stops the embedded broker.
+    let mut _hosted: Option<EmbeddedCluster> = None;
+    let mut env: Vec<(&str, String)> = Vec::new();
+    if let Ok(bootstrap) = std::env::var(BOOTSTRAP_ENV) {
+        println!("broker: {bootstrap} (from {BOOTSTRAP_ENV})");
+    } else if let Some(running) = broker::running_hosted_broker() {
+        println!("broker: embedded, hosted by `cargo xtask broker` at {running}");
+        env.push((BOOTSTRAP_ENV, running));
+        env.push((HOSTED_KIND_ENV, "embedded".into()));
+    } else if std::env::var(kit::broker::BROKER_ENV).as_deref() == Ok("testcontainers") {
+        println!("broker: a Kafka test container (WORKBOOK_BROKER=testcontainers)");
+    } else {
+        let cluster = broker::start_with_topics(1)?;
+        println!("broker: embedded mock cluster at {} (hosted by xtask for this run)", cluster.bootstrap_servers());
+        env.push((BOOTSTRAP_ENV, cluster.bootstrap_servers().to_string()));
+        env.push((HOSTED_KIND_ENV, "embedded".into()));
+        _hosted = Some(cluster);
+    }
+    println!();
+
+    let mut command = cargo::cargo();
+    command.args(["run", "--quiet", "--package", &package, "--"]).args(args);
+    for (key, value) in &env {
+        command.env(key, value);
+    }
+    let status: ExitStatus = command.status()?;
+    if !status.success() {
+        if !solution {
+            eprintln!(
+                "\nlesson {nn} stopped. If it panicked at a `todo!()`, that is the exercise waiting for you: see the \
+                 TODO in lessons/{dir}/src/, `cargo xtask hint {nn}`, and grade it with `cargo xtask check {nn}`.",
+                nn = lesson.number,
+                dir = lesson.dir_name
+            );
+        }
+        std::process::exit(status.code().unwrap_or(1));
+    }
+    Ok(())
+}
