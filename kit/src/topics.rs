@@ -39,8 +39,17 @@ pub const USER_EVENTS_DLQ: TopicSpec = TopicSpec {
     purpose: "dead letters from user-events, kept longer for inspection and replay",
 };
 
+/// The same kind of events sent without a key (lesson 03), to compare how they spread with `user-events`.
+pub const USER_EVENTS_UNKEYED: TopicSpec = TopicSpec {
+    name: "user-events-unkeyed",
+    partitions: 3,
+    retention_ms: Some(DAY_MS),
+    compression: "lz4",
+    purpose: "lesson 03: user events without a key, scattered over the partitions",
+};
+
 /// Every topic the workbook's stories use.
-pub const WORKBOOK_TOPICS: &[TopicSpec] = &[USER_EVENTS, USER_EVENTS_DLQ];
+pub const WORKBOOK_TOPICS: &[TopicSpec] = &[USER_EVENTS, USER_EVENTS_DLQ, USER_EVENTS_UNKEYED];
 
 /// Looks a topic up by name.
 pub fn find(name: &str) -> Option<&'static TopicSpec> {

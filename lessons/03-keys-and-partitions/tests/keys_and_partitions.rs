@@ -1,0 +1,142 @@
+//! Grades lesson 03: keyed events keep one partition and their order per user; unkeyed events scatter; the
+//! per-partition counts and each user's layout are read from what the topic really holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use kit::events::sample_events;
+use kit::testing::{ReadRecord, broker, read_topic, unique};
+use rdkafka::producer::FutureProducer;
+use serde::Serialize;
+use lesson_03::{Keying, Placement, partition_counts, produce, producer_config, user_layout};
+
+const EVENTS: usize = 300;
+const USERS: u32 = 6;
+
+/// Produces `EVENTS` sample events to a fresh 3-partition topic and returns the reports and the topic's content.
+async fn produce_and_read_back(keying: Keying) -> (Vec<Placement>, Vec<ReadRecord>) {
+    let broker = broker();
+    let topic = unique("lesson03-user-events");
+    broker.create_topic(&topic, 3).await.unwrap();
+    let producer: FutureProducer = producer_config(broker).create().unwrap();
+    let events = sample_events(3, EVENTS, USERS);
+    let placements = tokio::time::timeout(Duration::from_secs(30), produce(&producer, &topic, &events, keying))
+        .await
+        .expect("no delivery reports within 30 s")
+        .expect("delivery failed");
+    assert_eq!(placements.len(), EVENTS, "one placement per event");
+    let records = read_topic(broker, &topic, EVENTS, Duration::from_secs(30)).await;
+    assert_eq!(records.len(), EVENTS, "the topic holds every event exactly once");
+
+    // The placements must be the delivery reports, in the order of the events: check them against the log.
+    let by_position: BTreeMap<(i32, i64), &ReadRecord> = records.iter().map(|r| ((r.partition, r.offset), r)).collect();
+    for (event, placement) in events.iter().zip(&placements) {
+        let record = by_position.get(&(placement.partition, placement.offset)).unwrap_or_else(|| {
+            panic!("nothing at partition {}, offset {} as reported", placement.partition, placement.offset)
+        });
+        let stored: kit::UserEvent = serde_json::from_str(record.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(&stored, event, "the placement of an event points at that event");
+        assert_eq!(placement.user_id, event.user_id);
+    }
+    (placements, records)
+}
+
+/// What the snapshot shows of a keyed run: the counts per partition and which users each partition serves.
+#[derive(Serialize)]
+struct Distribution {
+    events_per_partition: BTreeMap<i32, usize>,
+    users_per_partition: BTreeMap<i32, BTreeSet<String>>,
+}
+
+#[tokio::test]
+async fn keyed_events_keep_each_user_in_one_partition_in_order() {
+    let (placements, records) = produce_and_read_back(Keying::ByUser).await;
+    for record in &records {
+        let event: kit::UserEvent = serde_json::from_str(record.payload.as_deref().unwrap()).unwrap();
+        assert_eq!(record.key.as_deref(), Some(event.user_id.as_str()), "every record is keyed by its user");
+    }
+
+    let layout = user_layout(&records).unwrap();
+    assert_eq!(layout.len(), USERS as usize, "one layout per user");
+    assert_eq!(layout.values().map(|l| l.events).sum::<usize>(), EVENTS, "the layouts account for every event");
+    for (user, l) in &layout {
+        assert_eq!(l.partitions.len(), 1, "{user}'s events must all be in one partition, found {:?}", l.partitions);
+        assert!(l.in_order, "{user}'s events must be in the order the user acted");
+    }
+
+    let counts = partition_counts(&placements);
+    let actual: BTreeMap<i32, usize> = records.iter().fold(BTreeMap::new(), |mut acc, r| {
+        *acc.entry(r.partition).or_default() += 1;
+        acc
+    });
+    assert_eq!(counts, actual, "the counts per partition are those of the topic");
+
+    let mut users_per_partition: BTreeMap<i32, BTreeSet<String>> = BTreeMap::new();
+    for (user, l) in layout {
+        for partition in l.partitions {
+            users_per_partition.entry(partition).or_default().insert(user.clone());
+        }
+    }
+    // The key decides the partition, so this is the same on every run and every broker.
+    let distribution = Distribution { events_per_partition: counts, users_per_partition };
+    kit::redact::settings().bind(|| insta::assert_json_snapshot!("keyed_distribution", distribution));
+}
+
+#[tokio::test]
+async fn without_a_key_a_users_events_scatter_and_lose_their_order() {
+    let (placements, records) = produce_and_read_back(Keying::None).await;
+    assert!(records.iter().all(|r| r.key.is_none()), "unkeyed records carry no key");
+
+    let counts = partition_counts(&placements);
+    assert_eq!(counts.values().sum::<usize>(), EVENTS, "the counts add up to every event");
+    assert_eq!(counts.len(), 3, "without a key, records still reach every partition: {counts:?}");
+
+    let layout = user_layout(&records).unwrap();
+    assert_eq!(layout.values().map(|l| l.events).sum::<usize>(), EVENTS, "the layouts account for every event");
+    let split: Vec<&String> = layout.iter().filter(|(_, l)| l.partitions.len() > 1).map(|(user, _)| user).collect();
+    assert!(!split.is_empty(), "without a key, some user's events must land in several partitions");
+    for user in split {
+        assert!(!layout[user].in_order, "{user}'s events are split over partitions: they have no single order");
+    }
+}
+
+/// A record at `partition`/`offset` holding `user`'s sample event number `nth` (later `nth`, later timestamp).
+fn record(partition: i32, offset: i64, user: u32, nth: usize) -> ReadRecord {
+    let mut event = sample_events(9, 10, 1).remove(nth);
+    event.user_id = format!("user-{user}");
+    ReadRecord { partition, offset, key: None, payload: Some(event.to_json()), headers: BTreeMap::new() }
+}
+
+#[test]
+fn a_layout_is_in_order_only_in_one_partition_with_time_moving_forward() {
+    let records = vec![
+        // user-1: one partition, in order.
+        record(0, 0, 1, 0),
+        record(0, 1, 1, 1),
+        record(0, 2, 1, 2),
+        // user-2: one partition, but the log holds a later action before an earlier one.
+        record(1, 0, 2, 3),
+        record(1, 1, 2, 1),
+        // user-3: time moves forward, but over two partitions.
+        record(1, 2, 3, 0),
+        record(2, 0, 3, 5),
+    ];
+    let layout = user_layout(&records).unwrap();
+    let summary: BTreeMap<&str, (usize, Vec<i32>, bool)> = layout
+        .iter()
+        .map(|(user, l)| (user.as_str(), (l.events, l.partitions.iter().copied().collect(), l.in_order)))
+        .collect();
+    assert_eq!(
+        summary,
+        BTreeMap::from([
+            ("user-1", (3, vec![0], true)),
+            ("user-2", (2, vec![1], false)),
+            ("user-3", (2, vec![1, 2], false)),
+        ])
+    );
+
+    let mut broken = records.clone();
+    broken[4].payload = Some("not json".into());
+    let error = user_layout(&broken).expect_err("a payload that is not an event is an error").to_string();
+    assert!(error.contains("partition 1") && error.contains("offset 1"), "the error names the record: {error}");
+}
