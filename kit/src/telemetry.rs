@@ -3,6 +3,8 @@
 //! The default filter shows the workbook's own `info` lines and silences librdkafka's chatter, which matters
 //! most on the embedded broker (it logs every simulated fault).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs a compact stderr subscriber once; later calls are harmless (tests and mains may both call it).
@@ -12,6 +14,8 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        // Colours only for a person at a terminal; captured output (tests, CI logs) stays plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -1,0 +1,116 @@
+//! Lesson 02 — the first consumer: join a consumer group, start from the beginning of the log, turn records
+//! back into events, report the ones that are not events, and stop cleanly.
+//!
+//! The functions here are what the tests grade; `main.rs` tells the story with them.
+
+use std::future::Future;
+
+use kit::{Broker, UserEvent};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::StreamConsumer;
+use serde::Serialize;
+
+/// Why a record could not be read as a [`UserEvent`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MalformedEvent {
+    #[error("the record has no payload")]
+    Empty,
+    #[error("the payload is not a user event: {0}")]
+    Invalid(String),
+}
+
+/// An event and where it was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConsumedEvent {
+    pub partition: i32,
+    pub offset: i64,
+    pub event: UserEvent,
+}
+
+/// A record that was skipped, with the reason: reported, never a crash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SkippedRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub error: String,
+}
+
+/// Why consuming stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// `max_events` events were read.
+    Count,
+    /// The shutdown signal (Ctrl-C in the story) fired.
+    Shutdown,
+}
+
+/// What a consuming session read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Consumed {
+    pub events: Vec<ConsumedEvent>,
+    pub skipped: Vec<SkippedRecord>,
+    pub stopped_by: StopReason,
+}
+
+// EXERCISE: Build the consumer's configuration. Start from `broker.consumer_base()` (bootstrap servers and
+// tuning for this broker), then set `group.id` to `group_id` and `auto.offset.reset` to `earliest`, so a group
+// with no committed offset starts from the first record instead of only seeing new ones.
+// ANCHOR: consumer_config
+/// A member of consumer group `group_id` that reads a new group's partitions from the beginning.
+pub fn consumer_config(broker: &Broker, group_id: &str) -> ClientConfig {
+    let mut config = broker.consumer_base();
+    config.set("group.id", group_id).set("auto.offset.reset", "earliest");
+    config
+}
+// ANCHOR_END: consumer_config
+
+// EXERCISE: Turn a record's payload back into a `UserEvent`. No payload is `MalformedEvent::Empty`; bytes that
+// `serde_json::from_slice` rejects are `MalformedEvent::Invalid` carrying serde's message (it names the field
+// and position, which is what someone fixing the producer needs).
+// ANCHOR: parse_event
+/// The event in `payload`, or why there is none.
+pub fn parse_event(payload: Option<&[u8]>) -> Result<UserEvent, MalformedEvent> {
+    let bytes = payload.ok_or(MalformedEvent::Empty)?;
+    serde_json::from_slice(bytes).map_err(|e| MalformedEvent::Invalid(e.to_string()))
+}
+// ANCHOR_END: parse_event
+
+// EXERCISE: Read from `consumer` (already subscribed) until `max_events` events have been read or `shutdown`
+// completes, whichever comes first. Loop over `tokio::select!` between `&mut shutdown` and `consumer.recv()`
+// (pin the shutdown future first with `tokio::pin!`). Parse each message's payload with `parse_event`: keep
+// events as `ConsumedEvent`, record the others as `SkippedRecord` (log them with `tracing::warn!`) and go on.
+// A receive error is logged and the loop goes on: the client retries by itself.
+// ANCHOR: consume
+/// Consumes events until `max_events` are read or `shutdown` fires, skipping (and reporting) malformed records.
+pub async fn consume(consumer: &StreamConsumer, max_events: usize, shutdown: impl Future<Output = ()>) -> Consumed {
+    let mut events = Vec::new();
+    let mut skipped = Vec::new();
+    tokio::pin!(shutdown);
+    let stopped_by = loop {
+        if events.len() >= max_events {
+            break StopReason::Count;
+        }
+        tokio::select! {
+            // `biased`: once shutdown is asked for, stop before taking another record.
+            biased;
+            _ = &mut shutdown => break StopReason::Shutdown,
+            received = consumer.recv() => match received {
+                Ok(message) => {
+                    let (partition, offset) = (message.partition(), message.offset());
+                    match parse_event(message.payload()) {
+                        Ok(event) => events.push(ConsumedEvent { partition, offset, event }),
+                        Err(error) => {
+                            tracing::warn!(partition, offset, %error, "skipping a malformed record");
+                            skipped.push(SkippedRecord { partition, offset, error: error.to_string() });
+                        }
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "receive failed; the client retries"),
+            },
+        }
+    };
+    Consumed { events, skipped, stopped_by }
+}
+// ANCHOR_END: consume

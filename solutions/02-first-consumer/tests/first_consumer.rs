@@ -1,0 +1,107 @@
+//! Grades lesson 02: the consumer's configuration, parsing records into events, and the consuming loop.
+
+use std::time::Duration;
+
+use kit::events::sample_events;
+use kit::testing::{broker, unique};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::json;
+use solution_02::{MalformedEvent, StopReason, consume, consumer_config, parse_event};
+
+#[test]
+fn the_config_joins_the_group_and_starts_from_the_earliest_record() {
+    let broker = broker();
+    let config = consumer_config(broker, "readers");
+    assert_eq!(config.get("group.id"), Some("readers"), "group.id is the group passed in");
+    assert_eq!(
+        config.get("auto.offset.reset"),
+        Some("earliest"),
+        "a new group must start from the first record, not only see new ones"
+    );
+    assert_eq!(config.get("bootstrap.servers"), Some(broker.bootstrap_servers()), "start from broker.consumer_base()");
+}
+
+#[test]
+fn records_become_events_and_broken_ones_say_why() {
+    for event in sample_events(2, 10, 3) {
+        assert_eq!(parse_event(Some(event.to_json().as_bytes())), Ok(event));
+    }
+    let broken: Vec<(&str, Option<&[u8]>)> = vec![
+        ("no payload", None),
+        ("not JSON", Some(b"click by user-1".as_slice())),
+        ("unknown event type", Some(br#"{"event_id":"7f0c3a52-94d1-4c1e-9d55-6a1d3f1b2c01","user_id":"user-1","event_type":"like","timestamp":"2026-01-01T09:00:00Z"}"#)),
+        ("missing user", Some(br#"{"event_id":"7f0c3a52-94d1-4c1e-9d55-6a1d3f1b2c01","event_type":"click","timestamp":"2026-01-01T09:00:00Z"}"#)),
+    ];
+    let reasons: Vec<_> = broken
+        .into_iter()
+        .map(|(case, payload)| {
+            let error = parse_event(payload).expect_err(case);
+            if case == "no payload" {
+                assert_eq!(error, MalformedEvent::Empty);
+            } else {
+                assert!(matches!(error, MalformedEvent::Invalid(_)), "{case}: {error:?}");
+            }
+            json!({ "case": case, "error": error.to_string() })
+        })
+        .collect();
+    insta::assert_json_snapshot!("why_records_were_rejected", reasons);
+}
+
+#[tokio::test]
+async fn a_new_group_reads_everything_in_order_and_reports_the_broken_record() {
+    let broker = broker();
+    let topic = unique("lesson02-user-events");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let events = sample_events(3, 6, 3);
+    let producer: FutureProducer = broker.producer_config().create().unwrap();
+    for (i, event) in events.iter().enumerate() {
+        let json = event.to_json();
+        let payload = if i == 4 { "{\"user_id\": 42" } else { json.as_str() };
+        producer
+            .send(FutureRecord::to(&topic).key(&event.user_id).payload(payload), Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+
+    // Everything was produced before the consumer existed: only `earliest` lets it see those records.
+    let consumer: StreamConsumer = consumer_config(broker, &unique("lesson02")).create().unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let consumed = tokio::time::timeout(Duration::from_secs(30), consume(&consumer, 5, std::future::pending()))
+        .await
+        .expect("5 events were not read within 30 s: is auto.offset.reset earliest, and does the loop stop at max_events?");
+
+    assert_eq!(consumed.stopped_by, StopReason::Count);
+    let read: Vec<_> = consumed.events.iter().map(|c| c.event.clone()).collect();
+    let expected: Vec<_> = events.iter().enumerate().filter(|(i, _)| *i != 4).map(|(_, e)| e.clone()).collect();
+    assert_eq!(read, expected, "every good event, in the order it was written");
+    let offsets: Vec<_> = consumed.events.iter().map(|c| c.offset).collect();
+    assert_eq!(offsets, [0, 1, 2, 3, 5], "each event comes with the offset it was read at");
+    assert_eq!(consumed.skipped.len(), 1, "the broken record is reported, not dropped silently");
+    assert_eq!((consumed.skipped[0].partition, consumed.skipped[0].offset), (0, 4));
+    kit::redact::settings().bind(|| insta::assert_json_snapshot!("what_the_new_group_read", consumed));
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_loop_even_when_nothing_arrives() {
+    let broker = broker();
+    let topic = unique("lesson02-quiet");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let consumer: StreamConsumer = consumer_config(broker, &unique("lesson02-quiet")).create().unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let session = tokio::spawn(async move {
+        consume(&consumer, 10, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    stop.send(()).unwrap();
+    let consumed = tokio::time::timeout(Duration::from_secs(20), session)
+        .await
+        .expect("consume did not return within 20 s of the shutdown signal")
+        .unwrap();
+    assert_eq!(consumed.stopped_by, StopReason::Shutdown);
+    assert!(consumed.events.is_empty() && consumed.skipped.is_empty());
+}
