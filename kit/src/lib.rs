@@ -11,6 +11,7 @@
 //! - [`topics`]: the manifest of the workbook's named topics (partitions, retention, compression), read by the
 //!   lessons' runnable stories and by `cargo xtask broker` / `cargo xtask topics`.
 //! - [`events`]: the user-activity event the lessons produce and consume, and a deterministic sample generator.
+//! - [`publish`]: putting known events into a topic (keyed, acknowledged) before a story or test reads them.
 //! - [`testing`]: what the graded tests need: one shared broker per test binary, unique names, waiting on a
 //!   condition with a deadline, reading a topic back, and the "not graded on this broker" report.
 //! - [`redact`]: insta settings that hide what changes from run to run (offsets, timestamps, ids, ports).
@@ -20,6 +21,7 @@ pub mod broker;
 pub mod containers;
 pub mod embedded;
 pub mod events;
+pub mod publish;
 pub mod redact;
 pub mod telemetry;
 pub mod testing;
