@@ -187,7 +187,8 @@ pub fn check_once_in_order(records: &[ReadRecord], keys: &[&str], per_key: u32) 
     // partition and offset (log order). Parse each payload as a `Numbered` (an unparsable one goes to `unreadable`
     // as "partition/offset"), and for every key in `keys` fill a `KeyReport`: the partitions its records were in,
     // how many were read, which numbers in 0..per_key are `missing`, which came more than once (`duplicated`), and
-    // which came after a higher number of the same key (`out_of_order`). Keep the lists sorted, without repeats.
+    // which first arrived after a higher number of the same key (`out_of_order`; a later copy of a record is a
+    // duplicate, not a reordering). Keep the lists sorted, without repeats.
     todo!("lesson 09: write `check_once_in_order` (the TODO above says what it must do; `cargo xtask hint 09` helps)")
 }
 // ANCHOR_END: check_once_in_order

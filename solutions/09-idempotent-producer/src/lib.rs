@@ -218,7 +218,8 @@ impl OrderCheck {
 // partition and offset (log order). Parse each payload as a `Numbered` (an unparsable one goes to `unreadable`
 // as "partition/offset"), and for every key in `keys` fill a `KeyReport`: the partitions its records were in,
 // how many were read, which numbers in 0..per_key are `missing`, which came more than once (`duplicated`), and
-// which came after a higher number of the same key (`out_of_order`). Keep the lists sorted, without repeats.
+// which first arrived after a higher number of the same key (`out_of_order`; a later copy of a record is a
+// duplicate, not a reordering). Keep the lists sorted, without repeats.
 // ANCHOR: check_once_in_order
 /// Checks that each of `keys` has the records `0..per_key`, each once, in log order.
 pub fn check_once_in_order(records: &[ReadRecord], keys: &[&str], per_key: u32) -> OrderCheck {
