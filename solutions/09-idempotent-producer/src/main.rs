@@ -108,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
     report(&check, &state);
 
     println!("\n3. the broker goes down while records are in flight, and comes back");
+    println!("   (librdkafka's connection errors below are the outage as the producer sees it)");
     let (check, state) = round.run_with_outage(&config).await?;
     report(&check, &state);
 
@@ -121,7 +122,10 @@ async fn main() -> anyhow::Result<()> {
              run against it to see that."
         );
     }
-    println!("\nNext: lesson 10 makes a whole read-process-write step atomic with transactions.");
+    println!(
+        "\nIdempotence makes one producer's retries safe. Making a read-process-write step atomic across topics is \
+         the job of transactions."
+    );
     Ok(())
 }
 
