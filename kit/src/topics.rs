@@ -5,6 +5,7 @@
 //! `cargo xtask topics` creates them on a real broker. Tests never use these names: they make unique ones with
 //! [`crate::testing::unique`] so they can run in parallel against one broker.
 
+// ANCHOR: manifest
 /// One topic as the workbook wants it. Retention and compression only apply on real Kafka; the mock keeps
 /// everything (up to its 5 MiB per partition) and ignores topic configs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +30,7 @@ pub const USER_EVENTS: TopicSpec = TopicSpec {
     compression: "lz4",
     purpose: "user clicks and purchases, keyed by user_id",
 };
+// ANCHOR_END: manifest
 
 /// Events that could not be processed, with the reason in headers (lesson 08).
 pub const USER_EVENTS_DLQ: TopicSpec = TopicSpec {
