@@ -111,7 +111,9 @@ impl Broker {
         match std::env::var(BROKER_ENV).as_deref() {
             Ok("testcontainers") => crate::containers::kafka(),
             Ok("embedded") | Ok("") | Err(_) => Broker::embedded(),
-            Ok(other) => anyhow::bail!("{BROKER_ENV}={other:?} is not a broker source: use `embedded` or `testcontainers`"),
+            Ok(other) => {
+                anyhow::bail!("{BROKER_ENV}={other:?} is not a broker source: use `embedded` or `testcontainers`")
+            }
         }
     }
 
@@ -283,7 +285,9 @@ impl Broker {
             ),
             0 => anyhow::bail!("topic {name:?} did not appear within {within:?}"),
             n if n as i32 != partitions => {
-                anyhow::bail!("topic {name:?} exists with {n} partitions, not {partitions}; delete it or use another name")
+                anyhow::bail!(
+                    "topic {name:?} exists with {n} partitions, not {partitions}; delete it or use another name"
+                )
             }
             _ => Ok(()),
         }
@@ -296,7 +300,8 @@ impl Broker {
             waited: within,
             cause,
         };
-        let probe: BaseConsumer = self.client_config().set("log_level", "0").create().map_err(|e| unreachable(e.to_string()))?;
+        let probe: BaseConsumer =
+            self.client_config().set("log_level", "0").create().map_err(|e| unreachable(e.to_string()))?;
         probe.fetch_metadata(None, within).map(|_| ()).map_err(|e| unreachable(e.to_string()))
     }
 }

@@ -168,7 +168,14 @@ impl EmbeddedCluster {
             let host_c = CString::new(host)?;
             self.with(move |h| {
                 // SAFETY: `raw()` is valid on this thread while `h` lives; librdkafka copies the host string.
-                unsafe { rdsys::rd_kafka_mock_broker_set_host_port(h.raw(), broker_id, host_c.as_ptr(), i32::from(fixed_port)) }
+                unsafe {
+                    rdsys::rd_kafka_mock_broker_set_host_port(
+                        h.raw(),
+                        broker_id,
+                        host_c.as_ptr(),
+                        i32::from(fixed_port),
+                    )
+                }
             });
             published.push(format!("{host}:{fixed_port}"));
         }

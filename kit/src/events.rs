@@ -37,7 +37,13 @@ pub enum EventType {
 impl UserEvent {
     /// A click by `user_id` now, with a fresh id.
     pub fn click(user_id: impl Into<String>) -> Self {
-        Self { event_id: Uuid::new_v4(), user_id: user_id.into(), event_type: EventType::Click, amount_cents: None, timestamp: Utc::now() }
+        Self {
+            event_id: Uuid::new_v4(),
+            user_id: user_id.into(),
+            event_type: EventType::Click,
+            amount_cents: None,
+            timestamp: Utc::now(),
+        }
     }
 
     /// A purchase of `amount_cents` by `user_id` now, with a fresh id.

@@ -102,7 +102,12 @@ pub async fn read_topic(broker: &Broker, topic: &str, expected: usize, within: D
                     .headers()
                     .map(|hs| {
                         hs.iter()
-                            .map(|h| (h.key.to_string(), h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default()))
+                            .map(|h| {
+                                (
+                                    h.key.to_string(),
+                                    h.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default(),
+                                )
+                            })
                             .collect()
                     })
                     .unwrap_or_default(),

@@ -64,7 +64,10 @@ impl TestRun {
         let mut lines = self.output.lines().skip_while(|l| !l.starts_with("---- ")).peekable();
         let mut out = Vec::new();
         while let Some(line) = lines.next() {
-            if out.len() >= max_lines || (line.is_empty() && lines.peek().is_some_and(|n| n.starts_with("---- ") || n.starts_with("failures:"))) {
+            if out.len() >= max_lines
+                || (line.is_empty()
+                    && lines.peek().is_some_and(|n| n.starts_with("---- ") || n.starts_with("failures:")))
+            {
                 break;
             }
             if !line.starts_with("stack backtrace") && !line.trim_start().starts_with("note: run with") {

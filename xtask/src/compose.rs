@@ -30,7 +30,9 @@ pub fn up() -> anyhow::Result<()> {
         match Broker::connect(BrokerKind::External, HOST_BOOTSTRAP.into(), "docker compose".into()) {
             Ok(_) => {
                 spinner.finish_and_clear();
-                println!("Kafka is up at {HOST_BOOTSTRAP}; Kafka UI on http://127.0.0.1:8080, RabbitMQ on http://127.0.0.1:15672");
+                println!(
+                    "Kafka is up at {HOST_BOOTSTRAP}; Kafka UI on http://127.0.0.1:8080, RabbitMQ on http://127.0.0.1:15672"
+                );
                 println!("Next: `cargo xtask topics`, then `export KAFKA_BOOTSTRAP_SERVERS={HOST_BOOTSTRAP}`.");
                 return Ok(());
             }
@@ -62,7 +64,8 @@ pub fn topics(bootstrap: Option<String>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     for spec in WORKBOOK_TOPICS {
         runtime.block_on(broker.create_topic_spec(spec))?;
-        let retention = spec.retention_ms.map(|ms| format!("{} d", ms / 86_400_000)).unwrap_or_else(|| "default".into());
+        let retention =
+            spec.retention_ms.map(|ms| format!("{} d", ms / 86_400_000)).unwrap_or_else(|| "default".into());
         println!(
             "  {:<22} {} partition(s), retention {retention}, {} — {}",
             spec.name, spec.partitions, spec.compression, spec.purpose

@@ -228,7 +228,13 @@ pub fn untouched<'a>(s: &'a str) -> &'a str {
     #[test]
     fn a_marked_body_becomes_a_todo_and_the_rest_stays() {
         let (exercise, marked) = make_exercise(SOLUTION, "07").unwrap();
-        assert_eq!(marked, [Exercise { function: "answer".into(), instruction: vec!["Return the answer.".into(), "Not 41, not 43.".into()] }]);
+        assert_eq!(
+            marked,
+            [Exercise {
+                function: "answer".into(),
+                instruction: vec!["Return the answer.".into(), "Not 41, not 43.".into()]
+            }]
+        );
         assert!(!exercise.contains("EXERCISE"), "markers are removed");
         assert!(exercise.contains("// ANCHOR: answer\n/// The answer.\npub fn answer(x: u32) -> u32 {\n    // TODO(lesson 07): Return the answer.\n    // Not 41, not 43.\n    todo!("));
         assert!(exercise.contains("\n}\n// ANCHOR_END: answer\n"));

@@ -98,7 +98,8 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     };
     print!("{}", table(&report));
     if let Some(path) = &options.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("JSON report: {}", path.display());
     }
     if let Some(path) = &options.junit {
@@ -173,11 +174,10 @@ fn failure_of(output: &str, test: &str) -> Option<String> {
     let header = format!("---- {test} stdout ----");
     let start = output.find(&header)? + header.len();
     let rest = &output[start..];
-    let end = ["\n---- ", "\nfailures:\n", "\n\nfailures:"].iter().filter_map(|m| rest.find(m)).min().unwrap_or(rest.len());
-    let text: Vec<_> = rest[..end]
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("note: run with `RUST_BACKTRACE"))
-        .collect();
+    let end =
+        ["\n---- ", "\nfailures:\n", "\n\nfailures:"].iter().filter_map(|m| rest.find(m)).min().unwrap_or(rest.len());
+    let text: Vec<_> =
+        rest[..end].lines().filter(|l| !l.trim_start().starts_with("note: run with `RUST_BACKTRACE")).collect();
     Some(text.join("\n").trim().to_string())
 }
 
@@ -253,7 +253,8 @@ pub fn junit(report: &GradeReport) -> String {
             );
         }
         for test in &lesson.tests {
-            let open = format!("    <testcase classname=\"{}\" name=\"{}\"", escape(&lesson.package), escape(&test.name));
+            let open =
+                format!("    <testcase classname=\"{}\" name=\"{}\"", escape(&lesson.package), escape(&test.name));
             if test.passed {
                 let _ = writeln!(xml, "{open}/>");
             } else {
@@ -287,7 +288,12 @@ mod tests {
         Lesson {
             number: "01".into(),
             dir_name: "01-first-event".into(),
-            meta: LessonMeta { title: "The first event".into(), summary: String::new(), hint: String::new(), lazy: vec![] },
+            meta: LessonMeta {
+                title: "The first event".into(),
+                summary: String::new(),
+                hint: String::new(),
+                lazy: vec![],
+            },
         }
     }
 

@@ -135,7 +135,8 @@ pub fn reset(nn: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
-    let backup = catalog::root().join("target").join("workbook").join("reset").join(format!("{}-{stamp}", lesson.dir_name));
+    let backup =
+        catalog::root().join("target").join("workbook").join("reset").join(format!("{}-{stamp}", lesson.dir_name));
     copy_dir(&dir, &backup)?;
     sync::write(&dir, &files)?;
     println!("lessons/{} is reset ({} file(s) rewritten).", lesson.dir_name, changed.len());
@@ -208,10 +209,7 @@ pub fn watch() -> anyhow::Result<()> {
             continue;
         }
         print_grade(lesson, &grade);
-        println!(
-            "\nwatching lessons/{} — save a file to check again (Ctrl-C stops)",
-            lesson.dir_name
-        );
+        println!("\nwatching lessons/{} — save a file to check again (Ctrl-C stops)", lesson.dir_name);
         let dir = lesson.exercise_dir();
         let before = snapshot(&dir);
         while snapshot(&dir) == before {

@@ -57,7 +57,8 @@ pub fn generate(lesson: &Lesson) -> anyhow::Result<FileMap> {
     let mut files = FileMap::new();
     for relative in source_files(&source_dir)? {
         let bytes = std::fs::read(source_dir.join(&relative))?;
-        let generated = transform(lesson, &relative, bytes).with_context(|| format!("{}/{}", lesson.dir_name, relative.display()))?;
+        let generated = transform(lesson, &relative, bytes)
+            .with_context(|| format!("{}/{}", lesson.dir_name, relative.display()))?;
         files.insert(relative, generated);
     }
     Ok(files)

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::catalog::{self, Lesson};
 use crate::cargo::{self, TestRun};
+use crate::catalog::{self, Lesson};
 use crate::{exercise, sync};
 
 /// One row of the summary.
@@ -43,7 +43,11 @@ impl Suite {
             Err(e) => (false, format!("{e:#}")),
         };
         let mark = if ok { "ok  " } else { "FAIL" };
-        println!("{mark} {name} ({:.0} s){}", took.as_secs_f64(), if detail.is_empty() { String::new() } else { format!(": {}", first_line(&detail)) });
+        println!(
+            "{mark} {name} ({:.0} s){}",
+            took.as_secs_f64(),
+            if detail.is_empty() { String::new() } else { format!(": {}", first_line(&detail)) }
+        );
         if !ok && detail.contains('\n') {
             for line in detail.lines().skip(1).take(40) {
                 println!("       {line}");
@@ -77,7 +81,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         command_step(cargo::cargo().args(["build", "--workspace", "--all-targets", "--color", "never"]))
     });
     suite.step("clippy, warnings denied", || {
-        command_step(cargo::cargo().args(["clippy", "--workspace", "--all-targets", "--color", "never", "--", "-D", "warnings"]))
+        command_step(cargo::cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--color",
+            "never",
+            "--",
+            "-D",
+            "warnings",
+        ]))
     });
     for package in ["kit", "xtask"] {
         suite.step(format!("{package} tests"), || expect_all_pass(&cargo::test_package(package, &[])?));
@@ -130,7 +143,10 @@ fn prove_lesson(suite: &mut Suite, lesson: &Lesson, skip_lazy: bool) {
         let mut expected = solution_tests.clone();
         names.sort();
         expected.sort();
-        anyhow::ensure!(names == expected, "the exercise runs other tests than the solution: {names:?} vs {expected:?}");
+        anyhow::ensure!(
+            names == expected,
+            "the exercise runs other tests than the solution: {names:?} vs {expected:?}"
+        );
         let passing: Vec<_> = run.verdicts.iter().filter(|v| v.passed).map(|v| v.name.as_str()).collect();
         anyhow::ensure!(
             passing.is_empty(),
@@ -148,7 +164,12 @@ fn prove_lesson(suite: &mut Suite, lesson: &Lesson, skip_lazy: bool) {
             let _restore = RestoreOnDrop(lesson);
             write_lazy_lesson(lesson, &lazy.function, &lazy.body)?;
             let run = cargo::test_package(&lesson.exercise_package(), &[])?;
-            anyhow::ensure!(run.compiled, "the lazy body of `{}` does not compile:\n{}", lazy.function, run.first_failure(20));
+            anyhow::ensure!(
+                run.compiled,
+                "the lazy body of `{}` does not compile:\n{}",
+                lazy.function,
+                run.first_failure(20)
+            );
             let caught: Vec<_> = run.verdicts.iter().filter(|v| !v.passed).map(|v| v.name.as_str()).collect();
             anyhow::ensure!(
                 !caught.is_empty(),

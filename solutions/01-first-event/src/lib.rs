@@ -32,10 +32,7 @@ pub struct EncodedEvent {
 /// in-sync replica to acknowledge each record.
 pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", bootstrap_servers)
-        .set("acks", "all")
-        .set("message.timeout.ms", "30000");
+    config.set("bootstrap.servers", bootstrap_servers).set("acks", "all").set("message.timeout.ms", "30000");
     config
 }
 // ANCHOR_END: producer_config
