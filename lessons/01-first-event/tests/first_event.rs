@@ -59,9 +59,9 @@ async fn each_delivery_report_says_where_the_event_really_is() {
     assert_eq!(records.len(), events.len(), "one record per event, no more, no less");
     let by_position: BTreeMap<(i32, i64), _> = records.iter().map(|r| ((r.partition, r.offset), r)).collect();
     for (event, report) in events.iter().zip(&reports) {
-        let record = by_position
-            .get(&(report.partition, report.offset))
-            .unwrap_or_else(|| panic!("nothing at partition {}, offset {} as reported", report.partition, report.offset));
+        let record = by_position.get(&(report.partition, report.offset)).unwrap_or_else(|| {
+            panic!("nothing at partition {}, offset {} as reported", report.partition, report.offset)
+        });
         assert_eq!(record.key.as_deref(), Some(event.user_id.as_str()), "the record is keyed by user");
         let stored: kit::UserEvent = serde_json::from_str(record.payload.as_deref().unwrap()).unwrap();
         assert_eq!(&stored, event, "the record at the reported position is this event");

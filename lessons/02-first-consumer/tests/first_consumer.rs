@@ -68,9 +68,10 @@ async fn a_new_group_reads_everything_in_order_and_reports_the_broken_record() {
     // Everything was produced before the consumer existed: only `earliest` lets it see those records.
     let consumer: StreamConsumer = consumer_config(broker, &unique("lesson02")).create().unwrap();
     consumer.subscribe(&[&topic]).unwrap();
-    let consumed = tokio::time::timeout(Duration::from_secs(30), consume(&consumer, 5, std::future::pending()))
-        .await
-        .expect("5 events were not read within 30 s: is auto.offset.reset earliest, and does the loop stop at max_events?");
+    let consumed =
+        tokio::time::timeout(Duration::from_secs(30), consume(&consumer, 5, std::future::pending())).await.expect(
+            "5 events were not read within 30 s: is auto.offset.reset earliest, and does the loop stop at max_events?",
+        );
 
     assert_eq!(consumed.stopped_by, StopReason::Count);
     let read: Vec<_> = consumed.events.iter().map(|c| c.event.clone()).collect();
