@@ -14,6 +14,8 @@
 //! - [`publish`]: putting known events into a topic (keyed, acknowledged) before a story or test reads them.
 //! - [`testing`]: what the graded tests need: one shared broker per test binary, unique names, waiting on a
 //!   condition with a deadline, reading a topic back, and the "not graded on this broker" report.
+//! - [`redis`]: which Redis holds derived state (`REDIS_URL`, a test container, or the local default), and
+//!   connecting to it with a clear "start Redis with …" message when it is absent.
 //! - [`redact`]: insta settings that hide what changes from run to run (offsets, timestamps, ids, ports).
 //! - [`telemetry`]: tracing set-up for the runnable stories and tools.
 
@@ -23,6 +25,7 @@ pub mod embedded;
 pub mod events;
 pub mod publish;
 pub mod redact;
+pub mod redis;
 pub mod telemetry;
 pub mod testing;
 pub mod topics;

@@ -1,0 +1,276 @@
+//! Grades lesson 07: the atomic apply-once step in Redis, the expiry of processed ids, and the consumer loop
+//! that commits after the effect, so duplicates and a crash before the commit leave the aggregates exact.
+//!
+//! Needs Redis (`REDIS_URL`, default 127.0.0.1:6379). Every test works under a namespace of its own, so the
+//! tests can run in parallel against one Redis.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kit::UserEvent;
+use kit::events::sample_events;
+use kit::testing::{broker, unique};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use redis::AsyncCommands;
+use solution_07::{
+    AggregateStore, Aggregates, ConsumeReport, DEFAULT_PROCESSED_TTL, Outcome, Until, apply_event,
+    consume, consumer_config, decode,
+};
+
+/// A store under a fresh namespace of the shared Redis.
+async fn fresh_store(ttl: Duration) -> AggregateStore {
+    AggregateStore::new(kit::redis::test_connection().await, unique("lesson07"), ttl)
+}
+
+/// `events` with some of them repeated, the way redeliveries and producer retries repeat them.
+fn with_duplicates(events: &[UserEvent], repeat: &[usize]) -> Vec<UserEvent> {
+    let mut all = events.to_vec();
+    all.extend(repeat.iter().map(|&i| events[i].clone()));
+    all
+}
+
+#[tokio::test]
+async fn duplicates_are_skipped_without_touching_state() {
+    let mut store = fresh_store(DEFAULT_PROCESSED_TTL).await;
+    let events = sample_events(7, 24, 3);
+    let deliveries = with_duplicates(&events, &[0, 5, 5, 11, 23]);
+
+    let mut outcomes = BTreeMap::<&str, usize>::new();
+    for event in &deliveries {
+        let outcome = apply_event(&mut store, event).await.expect("apply_event");
+        *outcomes
+            .entry(if outcome == Outcome::Applied {
+                "applied"
+            } else {
+                "duplicate"
+            })
+            .or_default() += 1;
+    }
+    assert_eq!(
+        outcomes.get("applied"),
+        Some(&events.len()),
+        "each distinct event is applied once"
+    );
+    assert_eq!(
+        outcomes.get("duplicate"),
+        Some(&5),
+        "each repeated delivery is reported as a duplicate"
+    );
+
+    let stored = store.all_aggregates().await.unwrap();
+    assert_eq!(
+        stored,
+        Aggregates::expected(&events),
+        "Redis holds the aggregates of the distinct events, exactly"
+    );
+    kit::redact::settings()
+        .bind(|| insta::assert_json_snapshot!("aggregates_of_distinct_events", stored));
+
+    // Applying everything again changes nothing at all.
+    for event in &events {
+        assert_eq!(
+            apply_event(&mut store, event).await.unwrap(),
+            Outcome::Duplicate,
+            "{} again",
+            event.event_id
+        );
+    }
+    assert_eq!(
+        store.all_aggregates().await.unwrap(),
+        stored,
+        "a replay of processed events leaves state as it was"
+    );
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn processed_ids_expire_but_aggregates_do_not() {
+    let ttl = Duration::from_secs(3600);
+    let mut store = fresh_store(ttl).await;
+    let purchase = UserEvent::purchase("user-1", 1_999);
+    assert_eq!(
+        apply_event(&mut store, &purchase).await.unwrap(),
+        Outcome::Applied
+    );
+
+    let processed_key = store.processed_key(&purchase);
+    let aggregates_key = store.aggregates_key("user-1");
+    let connection = store.connection();
+    let processed_ttl: i64 = connection.ttl(&processed_key).await.unwrap();
+    assert!(
+        processed_ttl > 0 && processed_ttl <= ttl.as_secs() as i64,
+        "the processed-id key {processed_key} must expire within the store's TTL of {ttl:?} (TTL is {processed_ttl}; \
+         -2 means the key is missing, -1 that it never expires)"
+    );
+    let aggregates_ttl: i64 = connection.ttl(&aggregates_key).await.unwrap();
+    assert_eq!(
+        aggregates_ttl, -1,
+        "the aggregates hash {aggregates_key} is state: it must exist and never expire"
+    );
+    assert_eq!(
+        store.aggregates("user-1").await.unwrap(),
+        Aggregates {
+            clicks: 0,
+            purchases: 1,
+            purchase_total_cents: 1_999
+        },
+        "a purchase counts once and adds its amount in cents"
+    );
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_deliveries_of_one_event_apply_it_once() {
+    // Eight workers receive the same purchase at the same moment (a rebalance can do that). Only an atomic
+    // check-and-update lets exactly one of them apply it.
+    let namespace = unique("lesson07");
+    let purchase = UserEvent::purchase("user-2", 4_250);
+    let mut connections = Vec::new();
+    for _ in 0..8 {
+        connections.push(kit::redis::test_connection().await);
+    }
+    // Every worker waits at the barrier, so all of them deliver the event at the same moment.
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(connections.len()));
+    let mut workers = Vec::new();
+    for connection in connections {
+        let (namespace, purchase, start) = (namespace.clone(), purchase.clone(), start.clone());
+        workers.push(tokio::spawn(async move {
+            let mut store = AggregateStore::new(connection, namespace, DEFAULT_PROCESSED_TTL);
+            start.wait().await;
+            apply_event(&mut store, &purchase)
+                .await
+                .expect("apply_event")
+        }));
+    }
+    let mut applied = 0;
+    for worker in workers {
+        if worker.await.expect("worker task") == Outcome::Applied {
+            applied += 1;
+        }
+    }
+    assert_eq!(
+        applied, 1,
+        "exactly one of the concurrent deliveries applies the event"
+    );
+    let mut store = AggregateStore::new(
+        kit::redis::test_connection().await,
+        namespace.clone(),
+        DEFAULT_PROCESSED_TTL,
+    );
+    assert_eq!(
+        store.aggregates("user-2").await.unwrap(),
+        Aggregates {
+            clicks: 0,
+            purchases: 1,
+            purchase_total_cents: 4_250
+        }
+    );
+    store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
+    let broker = broker();
+    let topic = unique("lesson07-user-events");
+    let group = unique("lesson07-aggregator");
+    broker.create_topic(&topic, 3).await.unwrap();
+    let mut store = fresh_store(DEFAULT_PROCESSED_TTL).await;
+
+    // The producer writes 30 distinct events and 5 copies (a retried batch, a replayed source).
+    let events = sample_events(70, 30, 4);
+    let deliveries = with_duplicates(&events, &[2, 9, 9, 17, 29]);
+    kit::publish::publish_events(broker, &topic, &deliveries)
+        .await
+        .unwrap();
+
+    // A first worker applies 8 records and crashes before committing any of them.
+    let mut applied_before_crash = 0;
+    {
+        let crashed: StreamConsumer = consumer_config(broker, &group).create().unwrap();
+        crashed.subscribe(&[&topic]).unwrap();
+        let mut stream = crashed.stream();
+        for _ in 0..8 {
+            let message = tokio::time::timeout(Duration::from_secs(30), stream.next())
+                .await
+                .expect("the first worker got no record within 30 s")
+                .expect("stream open")
+                .expect("record");
+            if apply_event(&mut store, &decode(&message).unwrap())
+                .await
+                .unwrap()
+                == Outcome::Applied
+            {
+                applied_before_crash += 1;
+            }
+        }
+    }
+
+    // The group committed nothing, so the next worker is delivered every record again.
+    let worker: StreamConsumer = consumer_config(broker, &group).create().unwrap();
+    worker.subscribe(&[&topic]).unwrap();
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        consume(
+            &worker,
+            &mut store,
+            Until {
+                records: deliveries.len(),
+                idle: Duration::from_secs(20),
+            },
+        ),
+    )
+    .await
+    .expect("consume did not return within 60 s")
+    .expect("consume failed");
+    assert_eq!(
+        report,
+        ConsumeReport {
+            records: deliveries.len(),
+            applied: events.len() - applied_before_crash,
+            duplicates: deliveries.len() - (events.len() - applied_before_crash),
+        },
+        "every record is read again after the crash; only the events not applied before it change state"
+    );
+
+    // Each record was committed after its effect: the group's position is the end of every partition.
+    let committed = worker
+        .committed(Duration::from_secs(10))
+        .expect("committed offsets");
+    let mut committed_offsets = BTreeMap::new();
+    for element in committed.elements() {
+        committed_offsets.insert(element.partition(), element.offset().to_raw().unwrap_or(-1));
+    }
+    drop(committed);
+    for partition in 0..3 {
+        let (_, high) = worker
+            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(
+            committed_offsets
+                .get(&partition)
+                .copied()
+                .filter(|o| *o >= 0)
+                .unwrap_or(0),
+            high,
+            "partition {partition}: the group must have committed every record it handled"
+        );
+    }
+    drop(worker);
+
+    let stored = store.all_aggregates().await.unwrap();
+    assert_eq!(
+        stored,
+        Aggregates::expected(&events),
+        "effectively once: the aggregates of the distinct events"
+    );
+    let summary = serde_json::json!({
+        "distinct_events": events.len(),
+        "records_delivered_after_the_crash": report.records,
+        "applied_in_total": applied_before_crash + report.applied,
+        "aggregates": stored,
+    });
+    kit::redact::settings()
+        .bind(|| insta::assert_json_snapshot!("aggregates_after_duplicates_and_crash", summary));
+    store.clear().await.unwrap();
+}
