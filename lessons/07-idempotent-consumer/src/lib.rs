@@ -40,9 +40,7 @@ pub struct Aggregates {
 impl Aggregates {
     /// The aggregates that the distinct events of `events` should produce, computed in memory: the reference
     /// the Redis state is checked against. Copies of an event (same `event_id`) count once.
-    pub fn expected<'a>(
-        events: impl IntoIterator<Item = &'a UserEvent>,
-    ) -> BTreeMap<String, Aggregates> {
+    pub fn expected<'a>(events: impl IntoIterator<Item = &'a UserEvent>) -> BTreeMap<String, Aggregates> {
         let mut seen = std::collections::HashSet::new();
         let mut by_user: BTreeMap<String, Aggregates> = BTreeMap::new();
         for event in events.into_iter().filter(|e| seen.insert(e.event_id)) {
@@ -84,16 +82,8 @@ pub struct AggregateStore {
 }
 
 impl AggregateStore {
-    pub fn new(
-        connection: MultiplexedConnection,
-        namespace: impl Into<String>,
-        processed_ttl: Duration,
-    ) -> Self {
-        Self {
-            connection,
-            namespace: namespace.into(),
-            processed_ttl,
-        }
+    pub fn new(connection: MultiplexedConnection, namespace: impl Into<String>, processed_ttl: Duration) -> Self {
+        Self { connection, namespace: namespace.into(), processed_ttl }
     }
 
     pub fn namespace(&self) -> &str {
@@ -117,10 +107,7 @@ impl AggregateStore {
 
     /// The key whose presence marks `event` as processed.
     pub fn processed_key(&self, event: &UserEvent) -> String {
-        format!(
-            "{}:{{{}}}:processed:{}",
-            self.namespace, event.user_id, event.event_id
-        )
+        format!("{}:{{{}}}:processed:{}", self.namespace, event.user_id, event.event_id)
     }
 
     /// Deletes every key of this store's namespace; returns how many there were.
@@ -131,14 +118,13 @@ impl AggregateStore {
     /// `user_id`'s aggregates as Redis has them (zeros for a user never seen).
     pub async fn aggregates(&mut self, user_id: &str) -> anyhow::Result<Aggregates> {
         let key = self.aggregates_key(user_id);
-        let (clicks, purchases, purchase_total_cents): (Option<u64>, Option<u64>, Option<u64>) =
-            redis::cmd("HMGET")
-                .arg(&key)
-                .arg("clicks")
-                .arg("purchases")
-                .arg("purchase_total_cents")
-                .query_async(&mut self.connection)
-                .await?;
+        let (clicks, purchases, purchase_total_cents): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(&key)
+            .arg("clicks")
+            .arg("purchases")
+            .arg("purchase_total_cents")
+            .query_async(&mut self.connection)
+            .await?;
         Ok(Aggregates {
             clicks: clicks.unwrap_or(0),
             purchases: purchases.unwrap_or(0),
@@ -151,9 +137,7 @@ impl AggregateStore {
         let prefix = format!("{}:{{", self.namespace);
         let mut all = BTreeMap::new();
         for key in kit::redis::scan_namespace(&mut self.connection, &self.namespace).await? {
-            let user = key
-                .strip_prefix(&prefix)
-                .and_then(|rest| rest.strip_suffix("}:aggregates"));
+            let user = key.strip_prefix(&prefix).and_then(|rest| rest.strip_suffix("}:aggregates"));
             if let Some(user) = user.map(str::to_owned) {
                 let aggregates = self.aggregates(&user).await?;
                 all.insert(user, aggregates);
@@ -196,19 +180,10 @@ pub fn consumer_config(broker: &kit::Broker, group_id: &str) -> ClientConfig {
 /// record stops this lesson's consumer (uncommitted, so nothing is lost); lesson 08 moves it to a dead-letter
 /// queue instead.
 pub fn decode(message: &impl Message) -> anyhow::Result<UserEvent> {
-    let at = || {
-        format!(
-            "record at {} partition {} offset {}",
-            message.topic(),
-            message.partition(),
-            message.offset()
-        )
-    };
-    let payload = message
-        .payload()
-        .ok_or_else(|| anyhow::anyhow!("{} has no payload", at()))?;
-    let event: UserEvent = serde_json::from_slice(payload)
-        .map_err(|e| anyhow::anyhow!("{} is not a user event: {e}", at()))?;
+    let at = || format!("record at {} partition {} offset {}", message.topic(), message.partition(), message.offset());
+    let payload = message.payload().ok_or_else(|| anyhow::anyhow!("{} has no payload", at()))?;
+    let event: UserEvent =
+        serde_json::from_slice(payload).map_err(|e| anyhow::anyhow!("{} is not a user event: {e}", at()))?;
     if event.event_type == EventType::Purchase && event.amount_cents.is_none() {
         anyhow::bail!("{} is a purchase without an amount", at());
     }

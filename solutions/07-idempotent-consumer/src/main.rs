@@ -11,9 +11,7 @@ use kit::Broker;
 use kit::redis::Redis;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
-use solution_07::{
-    AggregateStore, Aggregates, Outcome, Until, apply_event, consume, consumer_config, decode,
-};
+use solution_07::{AggregateStore, Aggregates, Outcome, Until, apply_event, consume, consumer_config, decode};
 
 /// Keep per-user aggregates in Redis from user events, effectively once despite duplicates and a crash.
 #[derive(Parser)]
@@ -62,11 +60,7 @@ async fn main() -> anyhow::Result<()> {
     let records: Vec<_> = events.iter().chain(&resent).cloned().collect();
     kit::publish::publish_events(&broker, topic.name, &records).await?;
     let total = events.len() + resent.len();
-    println!(
-        "produced {} events, {} of them twice: {total} records",
-        events.len(),
-        resent.len()
-    );
+    println!("produced {} events, {} of them twice: {total} records", events.len(), resent.len());
 
     // 2. Worker A applies some records and dies before committing any of them. The story assigns partitions
     //    itself instead of joining the group: a join takes about 3 s on the embedded broker.
@@ -78,12 +72,7 @@ async fn main() -> anyhow::Result<()> {
             let message = next_record(&mut stream).await?;
             let event = decode(&message)?;
             let outcome = apply_event(&mut store, &event).await?;
-            println!(
-                "worker A: {:<9} {} by {} (not committed)",
-                label(outcome),
-                kind(&event),
-                event.user_id
-            );
+            println!("worker A: {:<9} {} by {} (not committed)", label(outcome), kind(&event), event.user_id);
         }
         println!("worker A: crashed before committing\n");
     }
@@ -93,15 +82,7 @@ async fn main() -> anyhow::Result<()> {
     let resume = resume_positions(&worker_b, topic.name, &start)?;
     worker_b.assign(&resume)?;
     drop(resume);
-    let report = consume(
-        &worker_b,
-        &mut store,
-        Until {
-            records: total,
-            idle: Duration::from_secs(5),
-        },
-    )
-    .await?;
+    let report = consume(&worker_b, &mut store, Until { records: total, idle: Duration::from_secs(5) }).await?;
     println!(
         "worker B: read {} records, applied {}, skipped {} duplicates, committed each one",
         report.records, report.applied, report.duplicates
@@ -109,46 +90,25 @@ async fn main() -> anyhow::Result<()> {
 
     // 4. Redis against the truth computed from the distinct events.
     let expected = Aggregates::expected(&events);
-    println!(
-        "\n{:<8} {:>6} {:>9} {:>12}",
-        "user", "clicks", "purchases", "spent"
-    );
+    println!("\n{:<8} {:>6} {:>9} {:>12}", "user", "clicks", "purchases", "spent");
     let mut all_match = true;
     for (user, want) in &expected {
         let got = store.aggregates(user).await?;
         all_match &= got == *want;
-        let spent = format!(
-            "{}.{:02}",
-            got.purchase_total_cents / 100,
-            got.purchase_total_cents % 100
-        );
-        let mark = if got == *want {
-            ""
-        } else {
-            "   <- differs from the distinct events!"
-        };
-        println!(
-            "{user:<8} {:>6} {:>9} {spent:>12}{mark}",
-            got.clicks, got.purchases
-        );
+        let spent = format!("{}.{:02}", got.purchase_total_cents / 100, got.purchase_total_cents % 100);
+        let mark = if got == *want { "" } else { "   <- differs from the distinct events!" };
+        println!("{user:<8} {:>6} {:>9} {spent:>12}{mark}", got.clicks, got.purchases);
     }
     if all_match {
-        println!(
-            "\n{total} deliveries, {} distinct events: every event counted exactly once.",
-            events.len()
-        );
+        println!("\n{total} deliveries, {} distinct events: every event counted exactly once.", events.len());
     } else {
-        println!(
-            "\nThe aggregates differ from the distinct events: the effect is not idempotent yet."
-        );
+        println!("\nThe aggregates differ from the distinct events: the effect is not idempotent yet.");
     }
     if !args.keep {
         store.clear().await?;
     }
     drop(worker_b);
-    println!(
-        "Next: lesson 08 keeps the consumer running when a record cannot be processed at all."
-    );
+    println!("Next: lesson 08 keeps the consumer running when a record cannot be processed at all.");
     Ok(())
 }
 
@@ -165,42 +125,27 @@ async fn next_record<'a>(
 
 /// The high watermark (the offset the next record will get) of each partition.
 fn end_offsets(broker: &Broker, topic: &str, partitions: i32) -> anyhow::Result<Vec<i64>> {
-    let probe: StreamConsumer = broker
-        .consumer_base()
-        .set("group.id", "lesson07-probe")
-        .create()?;
-    (0..partitions)
-        .map(|p| Ok(probe.fetch_watermarks(topic, p, Duration::from_secs(5))?.1))
-        .collect()
+    let probe: StreamConsumer = broker.consumer_base().set("group.id", "lesson07-probe").create()?;
+    (0..partitions).map(|p| Ok(probe.fetch_watermarks(topic, p, Duration::from_secs(5))?.1)).collect()
 }
 
 fn positions(topic: &str, offsets: &[i64]) -> TopicPartitionList {
     let mut list = TopicPartitionList::new();
     for (partition, offset) in offsets.iter().enumerate() {
-        list.add_partition_offset(topic, partition as i32, Offset::Offset(*offset))
-            .expect("a valid offset");
+        list.add_partition_offset(topic, partition as i32, Offset::Offset(*offset)).expect("a valid offset");
     }
     list
 }
 
 /// Where a worker resumes: the group's committed offset of each partition, or this run's start if none.
-fn resume_positions(
-    consumer: &StreamConsumer,
-    topic: &str,
-    start: &[i64],
-) -> anyhow::Result<TopicPartitionList> {
+fn resume_positions(consumer: &StreamConsumer, topic: &str, start: &[i64]) -> anyhow::Result<TopicPartitionList> {
     let committed = consumer.committed_offsets(positions(topic, start), Duration::from_secs(5))?;
     let offsets: Vec<i64> = start
         .iter()
         .enumerate()
-        .map(|(p, first)| {
-            match committed
-                .find_partition(topic, p as i32)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(offset)) => offset,
-                _ => *first,
-            }
+        .map(|(p, first)| match committed.find_partition(topic, p as i32).map(|e| e.offset()) {
+            Some(Offset::Offset(offset)) => offset,
+            _ => *first,
         })
         .collect();
     drop(committed);

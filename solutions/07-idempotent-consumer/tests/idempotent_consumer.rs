@@ -14,8 +14,8 @@ use kit::testing::{broker, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use redis::AsyncCommands;
 use solution_07::{
-    AggregateStore, Aggregates, ConsumeReport, DEFAULT_PROCESSED_TTL, Outcome, Until, apply_event,
-    consume, consumer_config, decode,
+    AggregateStore, Aggregates, ConsumeReport, DEFAULT_PROCESSED_TTL, Outcome, Until, apply_event, consume,
+    consumer_config, decode,
 };
 
 /// A store under a fresh namespace of the shared Redis.
@@ -39,48 +39,20 @@ async fn duplicates_are_skipped_without_touching_state() {
     let mut outcomes = BTreeMap::<&str, usize>::new();
     for event in &deliveries {
         let outcome = apply_event(&mut store, event).await.expect("apply_event");
-        *outcomes
-            .entry(if outcome == Outcome::Applied {
-                "applied"
-            } else {
-                "duplicate"
-            })
-            .or_default() += 1;
+        *outcomes.entry(if outcome == Outcome::Applied { "applied" } else { "duplicate" }).or_default() += 1;
     }
-    assert_eq!(
-        outcomes.get("applied"),
-        Some(&events.len()),
-        "each distinct event is applied once"
-    );
-    assert_eq!(
-        outcomes.get("duplicate"),
-        Some(&5),
-        "each repeated delivery is reported as a duplicate"
-    );
+    assert_eq!(outcomes.get("applied"), Some(&events.len()), "each distinct event is applied once");
+    assert_eq!(outcomes.get("duplicate"), Some(&5), "each repeated delivery is reported as a duplicate");
 
     let stored = store.all_aggregates().await.unwrap();
-    assert_eq!(
-        stored,
-        Aggregates::expected(&events),
-        "Redis holds the aggregates of the distinct events, exactly"
-    );
-    kit::redact::settings()
-        .bind(|| insta::assert_json_snapshot!("aggregates_of_distinct_events", stored));
+    assert_eq!(stored, Aggregates::expected(&events), "Redis holds the aggregates of the distinct events, exactly");
+    kit::redact::settings().bind(|| insta::assert_json_snapshot!("aggregates_of_distinct_events", stored));
 
     // Applying everything again changes nothing at all.
     for event in &events {
-        assert_eq!(
-            apply_event(&mut store, event).await.unwrap(),
-            Outcome::Duplicate,
-            "{} again",
-            event.event_id
-        );
+        assert_eq!(apply_event(&mut store, event).await.unwrap(), Outcome::Duplicate, "{} again", event.event_id);
     }
-    assert_eq!(
-        store.all_aggregates().await.unwrap(),
-        stored,
-        "a replay of processed events leaves state as it was"
-    );
+    assert_eq!(store.all_aggregates().await.unwrap(), stored, "a replay of processed events leaves state as it was");
     store.clear().await.unwrap();
 }
 
@@ -89,10 +61,7 @@ async fn processed_ids_expire_but_aggregates_do_not() {
     let ttl = Duration::from_secs(3600);
     let mut store = fresh_store(ttl).await;
     let purchase = UserEvent::purchase("user-1", 1_999);
-    assert_eq!(
-        apply_event(&mut store, &purchase).await.unwrap(),
-        Outcome::Applied
-    );
+    assert_eq!(apply_event(&mut store, &purchase).await.unwrap(), Outcome::Applied);
 
     let processed_key = store.processed_key(&purchase);
     let aggregates_key = store.aggregates_key("user-1");
@@ -104,17 +73,10 @@ async fn processed_ids_expire_but_aggregates_do_not() {
          -2 means the key is missing, -1 that it never expires)"
     );
     let aggregates_ttl: i64 = connection.ttl(&aggregates_key).await.unwrap();
-    assert_eq!(
-        aggregates_ttl, -1,
-        "the aggregates hash {aggregates_key} is state: it must exist and never expire"
-    );
+    assert_eq!(aggregates_ttl, -1, "the aggregates hash {aggregates_key} is state: it must exist and never expire");
     assert_eq!(
         store.aggregates("user-1").await.unwrap(),
-        Aggregates {
-            clicks: 0,
-            purchases: 1,
-            purchase_total_cents: 1_999
-        },
+        Aggregates { clicks: 0, purchases: 1, purchase_total_cents: 1_999 },
         "a purchase counts once and adds its amount in cents"
     );
     store.clear().await.unwrap();
@@ -138,9 +100,7 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
         workers.push(tokio::spawn(async move {
             let mut store = AggregateStore::new(connection, namespace, DEFAULT_PROCESSED_TTL);
             start.wait().await;
-            apply_event(&mut store, &purchase)
-                .await
-                .expect("apply_event")
+            apply_event(&mut store, &purchase).await.expect("apply_event")
         }));
     }
     let mut applied = 0;
@@ -149,22 +109,11 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
             applied += 1;
         }
     }
-    assert_eq!(
-        applied, 1,
-        "exactly one of the concurrent deliveries applies the event"
-    );
-    let mut store = AggregateStore::new(
-        kit::redis::test_connection().await,
-        namespace.clone(),
-        DEFAULT_PROCESSED_TTL,
-    );
+    assert_eq!(applied, 1, "exactly one of the concurrent deliveries applies the event");
+    let mut store = AggregateStore::new(kit::redis::test_connection().await, namespace.clone(), DEFAULT_PROCESSED_TTL);
     assert_eq!(
         store.aggregates("user-2").await.unwrap(),
-        Aggregates {
-            clicks: 0,
-            purchases: 1,
-            purchase_total_cents: 4_250
-        }
+        Aggregates { clicks: 0, purchases: 1, purchase_total_cents: 4_250 }
     );
     store.clear().await.unwrap();
 }
@@ -180,9 +129,7 @@ async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
     // The producer writes 30 distinct events and 5 copies (a retried batch, a replayed source).
     let events = sample_events(70, 30, 4);
     let deliveries = with_duplicates(&events, &[2, 9, 9, 17, 29]);
-    kit::publish::publish_events(broker, &topic, &deliveries)
-        .await
-        .unwrap();
+    kit::publish::publish_events(broker, &topic, &deliveries).await.unwrap();
 
     // A first worker applies 8 records and crashes before committing any of them.
     let mut applied_before_crash = 0;
@@ -196,11 +143,7 @@ async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
                 .expect("the first worker got no record within 30 s")
                 .expect("stream open")
                 .expect("record");
-            if apply_event(&mut store, &decode(&message).unwrap())
-                .await
-                .unwrap()
-                == Outcome::Applied
-            {
+            if apply_event(&mut store, &decode(&message).unwrap()).await.unwrap() == Outcome::Applied {
                 applied_before_crash += 1;
             }
         }
@@ -211,14 +154,7 @@ async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
     worker.subscribe(&[&topic]).unwrap();
     let report = tokio::time::timeout(
         Duration::from_secs(60),
-        consume(
-            &worker,
-            &mut store,
-            Until {
-                records: deliveries.len(),
-                idle: Duration::from_secs(20),
-            },
-        ),
+        consume(&worker, &mut store, Until { records: deliveries.len(), idle: Duration::from_secs(20) }),
     )
     .await
     .expect("consume did not return within 60 s")
@@ -234,24 +170,16 @@ async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
     );
 
     // Each record was committed after its effect: the group's position is the end of every partition.
-    let committed = worker
-        .committed(Duration::from_secs(10))
-        .expect("committed offsets");
+    let committed = worker.committed(Duration::from_secs(10)).expect("committed offsets");
     let mut committed_offsets = BTreeMap::new();
     for element in committed.elements() {
         committed_offsets.insert(element.partition(), element.offset().to_raw().unwrap_or(-1));
     }
     drop(committed);
     for partition in 0..3 {
-        let (_, high) = worker
-            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-            .unwrap();
+        let (_, high) = worker.fetch_watermarks(&topic, partition, Duration::from_secs(10)).unwrap();
         assert_eq!(
-            committed_offsets
-                .get(&partition)
-                .copied()
-                .filter(|o| *o >= 0)
-                .unwrap_or(0),
+            committed_offsets.get(&partition).copied().filter(|o| *o >= 0).unwrap_or(0),
             high,
             "partition {partition}: the group must have committed every record it handled"
         );
@@ -259,18 +187,13 @@ async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
     drop(worker);
 
     let stored = store.all_aggregates().await.unwrap();
-    assert_eq!(
-        stored,
-        Aggregates::expected(&events),
-        "effectively once: the aggregates of the distinct events"
-    );
+    assert_eq!(stored, Aggregates::expected(&events), "effectively once: the aggregates of the distinct events");
     let summary = serde_json::json!({
         "distinct_events": events.len(),
         "records_delivered_after_the_crash": report.records,
         "applied_in_total": applied_before_crash + report.applied,
         "aggregates": stored,
     });
-    kit::redact::settings()
-        .bind(|| insta::assert_json_snapshot!("aggregates_after_duplicates_and_crash", summary));
+    kit::redact::settings().bind(|| insta::assert_json_snapshot!("aggregates_after_duplicates_and_crash", summary));
     store.clear().await.unwrap();
 }
