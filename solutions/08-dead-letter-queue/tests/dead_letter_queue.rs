@@ -1,0 +1,192 @@
+//! Grades lesson 08: invalid events go straight to the DLQ with the right headers, transient failures are
+//! retried (and dead-lettered only when they never pass), every record is accounted for, and a replay moves
+//! dead letters back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use kit::UserEvent;
+use kit::events::sample_events;
+use kit::testing::{ReadRecord, broker, read_topic, unique};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use solution_08::{Processor, RetryPolicy, RunReport, Until, consumer_config, header, replay, run};
+use uuid::Uuid;
+
+/// A processor that fails the first `failures[id]` attempts of chosen events, and remembers what it processed.
+#[derive(Default)]
+struct Flaky {
+    failures: HashMap<Uuid, u32>,
+    attempts: HashMap<Uuid, u32>,
+    processed: Vec<Uuid>,
+}
+
+impl Processor for Flaky {
+    async fn process(&mut self, event: &UserEvent) -> anyhow::Result<()> {
+        let attempt = self.attempts.entry(event.event_id).or_default();
+        *attempt += 1;
+        if *attempt <= self.failures.get(&event.event_id).copied().unwrap_or(0) {
+            anyhow::bail!("store unavailable (attempt {attempt})");
+        }
+        self.processed.push(event.event_id);
+        Ok(())
+    }
+}
+
+/// Short waits: the backoff is real but bounded to a few milliseconds.
+const QUICK: RetryPolicy =
+    RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(2), max_delay: Duration::from_millis(10) };
+
+/// Valid events and raw poison payloads, keyed, written to `topic`.
+async fn produce(topic: &str, records: &[(String, String)]) {
+    let producer: FutureProducer = broker().producer_config().create().unwrap();
+    for (key, payload) in records {
+        producer
+            .send(FutureRecord::to(topic).key(key).payload(payload), Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+fn poison() -> Vec<(String, String)> {
+    let purchase = UserEvent::purchase("user-9", 500);
+    let mut no_amount = serde_json::to_value(&purchase).unwrap();
+    no_amount.as_object_mut().unwrap().remove("amount_cents");
+    let mut wrong_type = serde_json::to_value(&purchase).unwrap();
+    wrong_type["amount_cents"] = serde_json::json!("five euros");
+    vec![
+        ("user-9".into(), "{not json".into()),
+        ("user-9".into(), no_amount.to_string()),
+        ("user-9".into(), wrong_type.to_string()),
+        ("user-9".into(), serde_json::json!({"event_type": "click"}).to_string()),
+    ]
+}
+
+async fn setup(partitions: i32) -> (String, String, String) {
+    let broker = broker();
+    let (topic, dlq, group) = (unique("lesson08-user-events"), unique("lesson08-dlq"), unique("lesson08-consumer"));
+    broker.create_topic(&topic, partitions).await.unwrap();
+    broker.create_topic(&dlq, 1).await.unwrap();
+    (topic, dlq, group)
+}
+
+async fn run_consumer(topic: &str, dlq: &str, group: &str, processor: &mut Flaky, records: usize) -> RunReport {
+    let consumer: StreamConsumer = consumer_config(broker(), group).create().unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let producer: FutureProducer = broker().producer_config().create().unwrap();
+    let until = Until { records, idle: Duration::from_secs(20) };
+    tokio::time::timeout(Duration::from_secs(60), run(&consumer, &producer, dlq, processor, &QUICK, until))
+        .await
+        .expect("run did not return within 60 s")
+        .expect("run failed")
+}
+
+fn header_of<'a>(record: &'a ReadRecord, name: &str) -> &'a str {
+    record.headers.get(name).map(String::as_str).unwrap_or_else(|| panic!("dead letter without a {name} header"))
+}
+
+#[tokio::test]
+async fn poison_events_go_to_the_dlq_with_their_origin_in_headers() {
+    let (topic, dlq, group) = setup(1).await;
+    let valid: Vec<(String, String)> =
+        sample_events(8, 16, 3).iter().map(|e| (e.user_id.clone(), e.to_json())).collect();
+    let poison = poison();
+    let mut all = valid.clone();
+    for (i, p) in poison.iter().enumerate() {
+        all.insert(3 + i * 4, p.clone()); // poison scattered among the valid events
+    }
+    produce(&topic, &all).await;
+
+    let mut processor = Flaky::default();
+    let report = run_consumer(&topic, &dlq, &group, &mut processor, all.len()).await;
+    assert_eq!(
+        report,
+        RunReport { records: all.len(), processed: valid.len(), dead_lettered: poison.len() },
+        "every valid event processed, every poison event dead-lettered, the consumer never stopped"
+    );
+    assert_eq!(processor.processed.len(), valid.len(), "the processor saw each valid event once, and no poison");
+
+    let source = read_topic(broker(), &topic, all.len(), Duration::from_secs(20)).await;
+    let letters = read_topic(broker(), &dlq, poison.len(), Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), poison.len(), "exactly the poison events are in the DLQ");
+    let mut snapshot = Vec::new();
+    for letter in &letters {
+        let offset: i64 = header_of(letter, header::ORIGINAL_OFFSET).parse().expect("offset header is a number");
+        let original = source.iter().find(|r| r.offset == offset).expect("the original offset points at a record");
+        assert_eq!(letter.payload, original.payload, "the dead letter keeps the original payload");
+        assert_eq!(letter.key, original.key, "the dead letter keeps the original key");
+        assert_eq!(header_of(letter, header::ORIGINAL_TOPIC), topic);
+        assert_eq!(header_of(letter, header::ORIGINAL_PARTITION), "0");
+        assert_eq!(header_of(letter, header::KIND), "invalid");
+        assert_eq!(header_of(letter, header::ATTEMPTS), "0", "invalid events are never retried");
+        snapshot.push(serde_json::json!({
+            "key": letter.key,
+            "kind": header_of(letter, header::KIND),
+            "reason": header_of(letter, header::REASON),
+            "attempts": header_of(letter, header::ATTEMPTS),
+        }));
+    }
+    kit::redact::settings().bind(|| insta::assert_json_snapshot!("dead_letters_of_poison_events", snapshot));
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_and_only_persistent_ones_dead_lettered() {
+    let (topic, dlq, group) = setup(2).await;
+    let events = sample_events(18, 12, 3);
+    let mut processor = Flaky::default();
+    let recovers = events[2].event_id; // fails twice, passes on the third and last attempt
+    let never = events[7].event_id; // fails every attempt
+    processor.failures.insert(recovers, 2);
+    processor.failures.insert(never, u32::MAX);
+    produce(&topic, &events.iter().map(|e| (e.user_id.clone(), e.to_json())).collect::<Vec<_>>()).await;
+
+    let report = run_consumer(&topic, &dlq, &group, &mut processor, events.len()).await;
+    assert_eq!(report.processed + report.dead_lettered, events.len(), "processed + dead-lettered = produced");
+    assert_eq!(report, RunReport { records: 12, processed: 11, dead_lettered: 1 });
+    assert_eq!(processor.attempts[&recovers], 3, "the recovering event is retried until it passes");
+    assert!(processor.processed.contains(&recovers), "a transient failure that recovers is processed");
+    assert_eq!(processor.attempts[&never], QUICK.max_attempts, "exactly max_attempts attempts, then the DLQ");
+
+    let letters = read_topic(broker(), &dlq, 1, Duration::from_secs(20)).await;
+    assert_eq!(letters.len(), 1, "only the event that never recovers is dead-lettered");
+    let letter = &letters[0];
+    let original: UserEvent = serde_json::from_str(letter.payload.as_deref().unwrap()).unwrap();
+    assert_eq!(original.event_id, never);
+    assert_eq!(header_of(letter, header::KIND), "processing");
+    assert_eq!(header_of(letter, header::ATTEMPTS), "3");
+    let headers: BTreeMap<&str, &str> = letter
+        .headers
+        .iter()
+        .filter(|(k, _)| k.as_str() != header::ORIGINAL_TOPIC && k.as_str() != header::ORIGINAL_OFFSET)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    kit::redact::settings().bind(|| insta::assert_json_snapshot!("dead_letter_after_retries", headers));
+}
+
+#[tokio::test]
+async fn a_replay_moves_dead_letters_back_to_their_topic() {
+    let (topic, dlq, group) = setup(1).await;
+    let valid: Vec<(String, String)> =
+        sample_events(28, 6, 2).iter().map(|e| (e.user_id.clone(), e.to_json())).collect();
+    let poison = poison();
+    let all: Vec<_> = valid.iter().chain(&poison).cloned().collect();
+    produce(&topic, &all).await;
+    let report = run_consumer(&topic, &dlq, &group, &mut Flaky::default(), all.len()).await;
+    assert_eq!(report.dead_lettered, poison.len());
+
+    let consumer: StreamConsumer = consumer_config(broker(), &unique("lesson08-replay")).create().unwrap();
+    consumer.subscribe(&[&dlq]).unwrap();
+    let producer: FutureProducer = broker().producer_config().create().unwrap();
+    let until = Until { records: poison.len(), idle: Duration::from_secs(20) };
+    let moved = tokio::time::timeout(Duration::from_secs(60), replay(&consumer, &producer, until))
+        .await
+        .expect("replay did not return within 60 s")
+        .expect("replay failed");
+    assert_eq!(moved, poison.len());
+    let after = read_topic(broker(), &topic, all.len() + poison.len(), Duration::from_secs(20)).await;
+    let replayed: Vec<_> =
+        after[all.len()..].iter().map(|r| (r.key.clone().unwrap(), r.payload.clone().unwrap())).collect();
+    assert_eq!(replayed, poison, "the dead letters are back in their topic, key and payload unchanged");
+    assert!(after[all.len()..].iter().all(|r| r.headers.is_empty()), "replayed records carry no DLQ headers");
+}
