@@ -62,7 +62,7 @@ pub fn list() -> anyhow::Result<()> {
 
 /// `[#####-----]` with `done` of `total` filled.
 fn bar(done: usize, total: usize, width: usize) -> String {
-    let filled = if total == 0 { 0 } else { done * width / total };
+    let filled = (done * width).checked_div(total).unwrap_or(0);
     format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
