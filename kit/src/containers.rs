@@ -174,7 +174,10 @@ extern "C" fn remove_all_at_exit() {
     }
     for owner in owners {
         if owner.removed.recv_timeout(REMOVE_TIMEOUT).is_err() {
-            eprintln!("the {} test container was not removed; find it with `docker ps --filter label={LABEL}`", owner.what);
+            eprintln!(
+                "the {} test container was not removed; find it with `docker ps --filter label={LABEL}`",
+                owner.what
+            );
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::exercise;
 pub type FileMap = BTreeMap<PathBuf, Vec<u8>>;
 
 pub fn run(only: Option<String>, check: bool) -> anyhow::Result<()> {
+    let whole_tree = only.is_none();
     let lessons = match only {
         Some(nn) => vec![catalog::find(&nn)?],
         None => catalog::lessons()?,
@@ -40,7 +41,8 @@ pub fn run(only: Option<String>, check: bool) -> anyhow::Result<()> {
         }
     }
     if check {
-        if let Some(orphans) = orphan_lessons(&lessons)? {
+        // Orphans only make sense against every lesson, not one.
+        if let Some(orphans) = orphan_lessons(&lessons)?.filter(|_| whole_tree) {
             stale.push(orphans);
         }
         if !stale.is_empty() {
