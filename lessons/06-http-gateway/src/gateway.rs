@@ -35,9 +35,7 @@ use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
-use crate::{
-    FieldError, PublishError, keep_newest, newest_first, parse_body, publish, validate_event,
-};
+use crate::{FieldError, PublishError, keep_newest, newest_first, parse_body, publish, validate_event};
 
 /// What the gateway is told at start-up.
 #[derive(Debug, Clone)]
@@ -91,9 +89,7 @@ impl Default for Backoff {
 impl Backoff {
     /// The pause after failed attempt number `attempt` (1-based).
     pub fn delay_after(&self, attempt: u32) -> Duration {
-        self.first_delay
-            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1)))
-            .min(self.max_delay)
+        self.first_delay.saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1))).min(self.max_delay)
     }
 }
 
@@ -104,10 +100,7 @@ impl Backoff {
 pub fn producer_config(mut base: ClientConfig, publish_timeout: Duration) -> ClientConfig {
     base.set("acks", "all")
         .set("enable.idempotence", "true")
-        .set(
-            "message.timeout.ms",
-            publish_timeout.as_millis().to_string(),
-        )
+        .set("message.timeout.ms", publish_timeout.as_millis().to_string())
         // Requests arriving together share a batch; 5 ms is invisible next to an HTTP round trip.
         .set("linger.ms", "5");
     base
@@ -116,31 +109,18 @@ pub fn producer_config(mut base: ClientConfig, publish_timeout: Duration) -> Cli
 
 /// Creates the producer and waits, with `backoff`, until the cluster answers and shows `topic`. librdkafka
 /// connects lazily, so without this check a gateway would start "healthy" and fail its first requests.
-pub async fn connect_producer(
-    config: &ClientConfig,
-    topic: &str,
-    backoff: Backoff,
-) -> anyhow::Result<FutureProducer> {
+pub async fn connect_producer(config: &ClientConfig, topic: &str, backoff: Backoff) -> anyhow::Result<FutureProducer> {
     let producer: FutureProducer = config.create()?;
-    let bootstrap = config
-        .get("bootstrap.servers")
-        .unwrap_or("(no bootstrap.servers)")
-        .to_string();
+    let bootstrap = config.get("bootstrap.servers").unwrap_or("(no bootstrap.servers)").to_string();
     let mut last_problem = String::new();
     for attempt in 1..=backoff.attempts {
         let probe = producer.clone();
         let wanted = topic.to_string();
         // fetch_metadata blocks its thread: keep it off the async workers.
         let answer = tokio::task::spawn_blocking(move || {
-            probe
-                .client()
-                .fetch_metadata(Some(&wanted), backoff.attempt_timeout)
-                .map(|metadata| {
-                    metadata
-                        .topics()
-                        .first()
-                        .is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
-                })
+            probe.client().fetch_metadata(Some(&wanted), backoff.attempt_timeout).map(|metadata| {
+                metadata.topics().first().is_some_and(|t| t.error().is_none() && !t.partitions().is_empty())
+            })
         })
         .await?;
         match answer {
@@ -193,11 +173,7 @@ impl RecentEvents {
     }
 
     pub fn remember(&self, event: ReadEvent) {
-        keep_newest(
-            &mut self.events.lock().expect("buffer lock"),
-            self.capacity,
-            event,
-        );
+        keep_newest(&mut self.events.lock().expect("buffer lock"), self.capacity, event);
         self.read.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -240,26 +216,14 @@ impl IntoResponse for PublishError {
     fn into_response(self) -> Response {
         match self {
             PublishError::Unavailable { reason } => {
-                let body = ErrorBody {
-                    error: "kafka unavailable",
-                    detail: reason,
-                    retryable: true,
-                    fields: vec![],
-                };
-                let mut response =
-                    (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                let body = ErrorBody { error: "kafka unavailable", detail: reason, retryable: true, fields: vec![] };
+                let mut response = (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 response
             }
             PublishError::Rejected { reason } => {
-                let body = ErrorBody {
-                    error: "kafka refused the event",
-                    detail: reason,
-                    retryable: false,
-                    fields: vec![],
-                };
+                let body =
+                    ErrorBody { error: "kafka refused the event", detail: reason, retryable: false, fields: vec![] };
                 (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(body)).into_response()
             }
         }
@@ -269,13 +233,11 @@ impl IntoResponse for PublishError {
 
 // ANCHOR: post_event
 async fn post_event(State(state): State<Arc<GatewayState>>, body: Bytes) -> Response {
-    let event = match parse_body(&body)
-        .map_err(|e| vec![e])
-        .and_then(|fields| validate_event(&fields, chrono::Utc::now()))
-    {
-        Ok(event) => event,
-        Err(problems) => return invalid_event(problems),
-    };
+    let event =
+        match parse_body(&body).map_err(|e| vec![e]).and_then(|fields| validate_event(&fields, chrono::Utc::now())) {
+            Ok(event) => event,
+            Err(problems) => return invalid_event(problems),
+        };
     match publish(&state.producer, &state.topic, &event).await {
         Ok(delivery) => {
             info!(event_id = %event.event_id, delivery.partition, delivery.offset, "published");
@@ -301,10 +263,7 @@ struct MessagesQuery {
     limit: Option<usize>,
 }
 
-async fn get_messages(
-    State(state): State<Arc<GatewayState>>,
-    Query(query): Query<MessagesQuery>,
-) -> Response {
+async fn get_messages(State(state): State<Arc<GatewayState>>, Query(query): Query<MessagesQuery>) -> Response {
     let recent = &state.recent;
     let body = json!({
         "capacity": recent.capacity,
@@ -319,17 +278,9 @@ async fn health(State(state): State<Arc<GatewayState>>) -> Response {
     // Liveness of the gateway's own parts only: Kafka's health shows in each POST's answer (503), and a
     // health check that called Kafka would take every replica out of a load balancer at once.
     let running = state.reader_running.load(Ordering::Relaxed);
-    let (status, word) = if running {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "degraded")
-    };
+    let (status, word) = if running { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "degraded") };
     let reader = if running { "running" } else { "stopped" };
-    (
-        status,
-        axum::Json(json!({ "status": word, "reader": reader, "topic": state.topic })),
-    )
-        .into_response()
+    (status, axum::Json(json!({ "status": word, "reader": reader, "topic": state.topic }))).into_response()
 }
 
 /// The reader task and the switch that stops it.
@@ -358,10 +309,7 @@ pub struct Gateway {
 impl std::fmt::Debug for Gateway {
     // By hand: the producer has no `Debug`, and the topic and reader say what matters.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway")
-            .field("topic", &self.state.topic)
-            .field("reading", &self.reader.is_some())
-            .finish()
+        f.debug_struct("Gateway").field("topic", &self.state.topic).field("reading", &self.reader.is_some()).finish()
     }
 }
 
@@ -389,11 +337,7 @@ impl Gateway {
             recent: RecentEvents::new(settings.buffer_capacity),
             reader_running: AtomicBool::new(false),
         };
-        Gateway {
-            state: Arc::new(state),
-            reader: None,
-            flush_timeout: settings.publish_timeout,
-        }
+        Gateway { state: Arc::new(state), reader: None, flush_timeout: settings.publish_timeout }
     }
 
     // ANCHOR: start_reader
@@ -407,25 +351,15 @@ impl Gateway {
         let topic = self.state.topic.clone();
         let consumer: StreamConsumer = reader_base
             .clone()
-            .set(
-                "group.id",
-                format!("http-gateway-reader-{}", uuid::Uuid::new_v4().simple()),
-            )
+            .set("group.id", format!("http-gateway-reader-{}", uuid::Uuid::new_v4().simple()))
             .set("enable.auto.commit", "false")
             .create()?;
         let wanted = topic.clone();
         let tail = self.state.recent.capacity as i64;
         let consumer = tokio::task::spawn_blocking(move || -> anyhow::Result<StreamConsumer> {
             let metadata = consumer.fetch_metadata(Some(&wanted), Duration::from_secs(10))?;
-            let partitions = metadata
-                .topics()
-                .first()
-                .map(|t| t.partitions().len())
-                .unwrap_or(0);
-            anyhow::ensure!(
-                partitions > 0,
-                "topic {wanted:?} has no partitions: create it first"
-            );
+            let partitions = metadata.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+            anyhow::ensure!(partitions > 0, "topic {wanted:?} has no partitions: create it first");
             let mut assignment = TopicPartitionList::new();
             for partition in 0..partitions as i32 {
                 assignment.add_partition_offset(&wanted, partition, Offset::OffsetTail(tail))?;
@@ -467,9 +401,7 @@ impl Gateway {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<ShutdownReport> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        axum::serve(listener, self.router()).with_graceful_shutdown(shutdown).await?;
         info!("HTTP server stopped; stopping the reader and flushing the producer");
         if let Some(reader) = self.reader {
             let _ = reader.stop.send(true);
@@ -491,11 +423,7 @@ impl Gateway {
 
 /// The reader's loop: every record that holds a [`UserEvent`] goes into the buffer; any other is counted and
 /// logged (it stays in the topic: the gateway only displays, so skipping loses nothing).
-async fn read_into_buffer(
-    consumer: StreamConsumer,
-    state: Arc<GatewayState>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn read_into_buffer(consumer: StreamConsumer, state: Arc<GatewayState>, mut stop: watch::Receiver<bool>) {
     let mut stream = consumer.stream();
     loop {
         tokio::select! {

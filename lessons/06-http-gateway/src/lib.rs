@@ -39,21 +39,12 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
 /// The fields an event body may carry: [`UserEvent`]'s, nothing else.
-pub const EVENT_FIELDS: &[&str] = &[
-    "event_id",
-    "user_id",
-    "event_type",
-    "amount_cents",
-    "timestamp",
-];
+pub const EVENT_FIELDS: &[&str] = &["event_id", "user_id", "event_type", "amount_cents", "timestamp"];
 
 /// The longest `user_id` accepted. It becomes the record key: keys are stored with every record and hashed on
 /// every send, so an unbounded one is a cost every consumer pays.
@@ -69,8 +60,7 @@ pub mod rule {
     pub const BLANK: &str = "must not be blank";
     pub const AMOUNT_NOT_POSITIVE: &str = "must be a whole number of cents greater than 0";
     pub const AMOUNT_REQUIRED_FOR_PURCHASE: &str = "is required for a purchase";
-    pub const AMOUNT_NOT_ALLOWED_FOR_CLICK: &str =
-        "must be absent for a click: clicks carry no amount";
+    pub const AMOUNT_NOT_ALLOWED_FOR_CLICK: &str = "must be absent for a click: clicks carry no amount";
     pub const NOT_A_UUID: &str = "must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e";
     pub const NOT_A_TIMESTAMP: &str = "must be an RFC 3339 date-time such as 2026-01-01T09:00:00Z";
 
@@ -79,10 +69,7 @@ pub mod rule {
     }
 
     pub fn unknown_field() -> String {
-        format!(
-            "is not a field of an event (expected one of: {})",
-            EVENT_FIELDS.join(", ")
-        )
+        format!("is not a field of an event (expected one of: {})", EVENT_FIELDS.join(", "))
     }
 
     pub fn unknown_event_type(got: &str) -> String {
@@ -102,10 +89,7 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, FieldError> {
                 Value::Bool(_) => "a boolean",
                 Value::Null | Value::Object(_) => "null",
             };
-            Err(FieldError::new(
-                "body",
-                format!("must be a JSON object, not {kind}"),
-            ))
+            Err(FieldError::new("body", format!("must be a JSON object, not {kind}")))
         }
         Err(e) => Err(FieldError::new("body", format!("is not valid JSON: {e}"))),
     }
@@ -114,10 +98,7 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, FieldError> {
 // ANCHOR: validate_event
 /// The event `fields` describe, or every rule they break, each naming its field. `received_at` is the event
 /// time when the client sent none.
-pub fn validate_event(
-    fields: &Map<String, Value>,
-    received_at: DateTime<Utc>,
-) -> Result<UserEvent, Vec<FieldError>> {
+pub fn validate_event(fields: &Map<String, Value>, received_at: DateTime<Utc>) -> Result<UserEvent, Vec<FieldError>> {
     // TODO(lesson 06): Turn the fields of a request body into a `UserEvent`, or into EVERY problem found (collect them in
     // a `Vec<FieldError>`, so one round trip tells the client all there is to fix). Use the messages of `rule`:
     // - a field that is not in `EVENT_FIELDS` is an error (`rule::unknown_field()`);
@@ -193,11 +174,7 @@ pub const QUEUE_TIMEOUT: Duration = Duration::ZERO;
 
 // ANCHOR: publish
 /// Sends one event and returns where it landed, or why it could not be published.
-pub async fn publish(
-    producer: &FutureProducer,
-    topic: &str,
-    event: &UserEvent,
-) -> Result<Delivery, PublishError> {
+pub async fn publish(producer: &FutureProducer, topic: &str, event: &UserEvent) -> Result<Delivery, PublishError> {
     // TODO(lesson 06): Publish `event` to `topic` and wait for the broker's acknowledgement. The record is keyed by the
     // event's `user_id` (one user's events stay in order) and its payload is `event.to_json()`. Await
     // `producer.send(record, QUEUE_TIMEOUT)`: the delivery report gives `partition` and `offset`; an

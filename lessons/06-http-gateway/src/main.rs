@@ -62,9 +62,7 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "  curl -i -X POST {base}/events -d '{{\"user_id\":\"user-1\",\"event_type\":\"purchase\",\"amount_cents\":1999}}'"
         );
-        println!(
-            "  curl -i -X POST {base}/events -d '{{\"user_id\":\"\",\"event_type\":\"refund\"}}'"
-        );
+        println!("  curl -i -X POST {base}/events -d '{{\"user_id\":\"\",\"event_type\":\"refund\"}}'");
         println!("  curl -s {base}/messages?limit=5");
         println!("  curl -i {base}/health\n");
         let report = gateway
@@ -72,10 +70,7 @@ async fn main() -> anyhow::Result<()> {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;
-        println!(
-            "\nstopped: producer flushed = {}, events read = {}",
-            report.producer_flushed, report.events_read
-        );
+        println!("\nstopped: producer flushed = {}, events read = {}", report.producer_flushed, report.events_read);
         return Ok(());
     }
 
@@ -100,63 +95,32 @@ async fn demo(base: &str) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
 
     let good = json!({ "user_id": "user-1", "event_type": "purchase", "amount_cents": 1999 });
-    let accepted = exchange(
-        client.post(format!("{base}/events")).json(&good),
-        "POST /events",
-        Some(&good),
-    )
-    .await?;
-    let event_id = accepted["event_id"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let accepted = exchange(client.post(format!("{base}/events")).json(&good), "POST /events", Some(&good)).await?;
+    let event_id = accepted["event_id"].as_str().unwrap_or_default().to_string();
 
     let bad = json!({ "user_id": " ", "event_type": "refund", "amount_cents": -5 });
-    exchange(
-        client.post(format!("{base}/events")).json(&bad),
-        "POST /events",
-        Some(&bad),
-    )
-    .await?;
+    exchange(client.post(format!("{base}/events")).json(&bad), "POST /events", Some(&bad)).await?;
 
     // The reader runs on its own: wait (with a deadline) until it has read the accepted event back.
     let deadline = Instant::now() + Duration::from_secs(5);
     let started = Instant::now();
     loop {
-        let messages: Value = client
-            .get(format!("{base}/messages?limit=3"))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let seen = messages["messages"]
-            .as_array()
-            .is_some_and(|m| m.iter().any(|r| r["event"]["event_id"] == event_id));
+        let messages: Value = client.get(format!("{base}/messages?limit=3")).send().await?.json().await?;
+        let seen =
+            messages["messages"].as_array().is_some_and(|m| m.iter().any(|r| r["event"]["event_id"] == event_id));
         if seen || Instant::now() >= deadline {
-            println!(
-                "(the reader had it after {} ms)",
-                started.elapsed().as_millis()
-            );
+            println!("(the reader had it after {} ms)", started.elapsed().as_millis());
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await; // polling interval of a deadline-bound wait
     }
-    exchange(
-        client.get(format!("{base}/messages?limit=3")),
-        "GET /messages?limit=3",
-        None,
-    )
-    .await?;
+    exchange(client.get(format!("{base}/messages?limit=3")), "GET /messages?limit=3", None).await?;
     exchange(client.get(format!("{base}/health")), "GET /health", None).await?;
     Ok(())
 }
 
 /// Sends one request, prints it and its answer, and returns the answer's JSON.
-async fn exchange(
-    request: reqwest::RequestBuilder,
-    what: &str,
-    body: Option<&Value>,
-) -> anyhow::Result<Value> {
+async fn exchange(request: reqwest::RequestBuilder, what: &str, body: Option<&Value>) -> anyhow::Result<Value> {
     match body {
         Some(body) => println!("> {what} {body}"),
         None => println!("> {what}"),

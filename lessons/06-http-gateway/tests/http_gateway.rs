@@ -13,9 +13,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use serde_json::{Value, json};
 use lesson_06::gateway::{Backoff, Gateway, GatewaySettings, ShutdownReport, producer_config};
-use lesson_06::{
-    FieldError, PublishError, classify, keep_newest, newest_first, parse_body, validate_event,
-};
+use lesson_06::{FieldError, PublishError, classify, keep_newest, newest_first, parse_body, validate_event};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -47,7 +45,10 @@ fn each_bad_body_is_refused_field_by_field() {
         ("08 type not a string", r#"{"user_id": "user-1", "event_type": 1}"#.to_string()),
         ("09 purchase without amount", r#"{"user_id": "user-1", "event_type": "purchase"}"#.to_string()),
         ("10 purchase of zero", r#"{"user_id": "user-1", "event_type": "purchase", "amount_cents": 0}"#.to_string()),
-        ("11 purchase in euros", r#"{"user_id": "user-1", "event_type": "purchase", "amount_cents": 19.99}"#.to_string()),
+        (
+            "11 purchase in euros",
+            r#"{"user_id": "user-1", "event_type": "purchase", "amount_cents": 19.99}"#.to_string(),
+        ),
         ("12 negative purchase", r#"{"user_id": "user-1", "event_type": "purchase", "amount_cents": -5}"#.to_string()),
         ("13 amount as text", r#"{"user_id": "user-1", "event_type": "purchase", "amount_cents": "1999"}"#.to_string()),
         ("14 click with amount", r#"{"user_id": "user-1", "event_type": "click", "amount_cents": 100}"#.to_string()),
@@ -56,18 +57,15 @@ fn each_bad_body_is_refused_field_by_field() {
         ("17 unknown field", r#"{"user_id": "user-1", "event_type": "click", "price": 3}"#.to_string()),
         (
             "18 everything wrong",
-            r#"{"user_id": "", "event_type": "refund", "amount_cents": -1, "event_id": 5, "timestamp": 0, "x": 1}"#.to_string(),
+            r#"{"user_id": "", "event_type": "refund", "amount_cents": -1, "event_id": 5, "timestamp": 0, "x": 1}"#
+                .to_string(),
         ),
     ]);
-    let answers: BTreeMap<&str, Vec<FieldError>> = cases
-        .iter()
-        .map(|(name, body)| (*name, problems(body)))
-        .collect();
+    let answers: BTreeMap<&str, Vec<FieldError>> = cases.iter().map(|(name, body)| (*name, problems(body))).collect();
     for (name, found) in &answers {
         assert!(!found.is_empty(), "{name}: refused without saying why");
     }
-    kit::redact::settings()
-        .bind(|| insta::assert_json_snapshot!("field_errors_of_bad_bodies", answers));
+    kit::redact::settings().bind(|| insta::assert_json_snapshot!("field_errors_of_bad_bodies", answers));
 }
 
 #[test]
@@ -75,8 +73,7 @@ fn a_good_body_becomes_exactly_the_event_it_describes() {
     let received_at = Utc.with_ymd_and_hms(2026, 1, 1, 9, 0, 0).unwrap();
     let validate = |body: Value| {
         let fields = parse_body(body.to_string().as_bytes()).expect("an object");
-        validate_event(&fields, received_at)
-            .unwrap_or_else(|problems| panic!("{body} refused: {problems:?}"))
+        validate_event(&fields, received_at).unwrap_or_else(|problems| panic!("{body} refused: {problems:?}"))
     };
 
     let full = validate(json!({
@@ -98,26 +95,12 @@ fn a_good_body_becomes_exactly_the_event_it_describes() {
         "every field the client sent is kept (the time in UTC)"
     );
 
-    let click =
-        validate(json!({ "user_id": "user-4", "event_type": "click", "amount_cents": null }));
-    assert_eq!(
-        (click.user_id.as_str(), click.event_type, click.amount_cents),
-        ("user-4", EventType::Click, None)
-    );
-    assert_eq!(
-        click.timestamp, received_at,
-        "no timestamp sent: the event happened when it was received"
-    );
+    let click = validate(json!({ "user_id": "user-4", "event_type": "click", "amount_cents": null }));
+    assert_eq!((click.user_id.as_str(), click.event_type, click.amount_cents), ("user-4", EventType::Click, None));
+    assert_eq!(click.timestamp, received_at, "no timestamp sent: the event happened when it was received");
     let again = validate(json!({ "user_id": "user-4", "event_type": "click" }));
-    assert_ne!(
-        click.event_id, again.event_id,
-        "no event_id sent: each event gets a fresh one"
-    );
-    assert_eq!(
-        click.event_id.get_version_num(),
-        4,
-        "a fresh id is a random (v4) UUID"
-    );
+    assert_ne!(click.event_id, again.event_id, "no event_id sent: each event gets a fresh one");
+    assert_eq!(click.event_id.get_version_num(), 4, "a fresh id is a random (v4) UUID");
 }
 
 #[test]
@@ -125,27 +108,11 @@ fn the_buffer_keeps_only_the_newest_and_shows_them_first() {
     let mut buffer = VecDeque::new();
     for n in 1..=10 {
         keep_newest(&mut buffer, 4, n);
-        assert!(
-            buffer.len() <= 4,
-            "the buffer grew past its capacity to {}",
-            buffer.len()
-        );
+        assert!(buffer.len() <= 4, "the buffer grew past its capacity to {}", buffer.len());
     }
-    assert_eq!(
-        Vec::from(buffer.clone()),
-        vec![7, 8, 9, 10],
-        "the four newest stay, oldest first inside"
-    );
-    assert_eq!(
-        newest_first(&buffer, 3),
-        vec![10, 9, 8],
-        "newest first, at most `limit`"
-    );
-    assert_eq!(
-        newest_first(&buffer, 100),
-        vec![10, 9, 8, 7],
-        "a large limit shows what there is"
-    );
+    assert_eq!(Vec::from(buffer.clone()), vec![7, 8, 9, 10], "the four newest stay, oldest first inside");
+    assert_eq!(newest_first(&buffer, 3), vec![10, 9, 8], "newest first, at most `limit`");
+    assert_eq!(newest_first(&buffer, 100), vec![10, 9, 8, 7], "a large limit shows what there is");
     assert_eq!(newest_first(&buffer, 0), Vec::<i32>::new());
 
     let mut nothing = VecDeque::new();
@@ -172,29 +139,18 @@ fn kafka_errors_are_sorted_into_retry_later_and_refused() {
         let error = KafkaError::MessageProduction(code);
         let kind = match classify(&error) {
             PublishError::Unavailable { reason } => {
-                assert_eq!(
-                    reason,
-                    error.to_string(),
-                    "the reason is the Kafka error, word for word"
-                );
+                assert_eq!(reason, error.to_string(), "the reason is the Kafka error, word for word");
                 "unavailable (503)"
             }
             PublishError::Rejected { reason } => {
-                assert_eq!(
-                    reason,
-                    error.to_string(),
-                    "the reason is the Kafka error, word for word"
-                );
+                assert_eq!(reason, error.to_string(), "the reason is the Kafka error, word for word");
                 "rejected (500)"
             }
         };
         sorted.insert(format!("{code:?}"), kind);
     }
     // An error with no librdkafka code at all is not a known outage.
-    assert!(matches!(
-        classify(&KafkaError::Canceled),
-        PublishError::Rejected { .. }
-    ));
+    assert!(matches!(classify(&KafkaError::Canceled), PublishError::Rejected { .. }));
     kit::redact::settings().bind(|| insta::assert_json_snapshot!("kafka_errors_by_kind", sorted));
 }
 
@@ -206,9 +162,7 @@ struct Served {
 }
 
 async fn serve(gateway: Gateway) -> Served {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("a free port");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(gateway.serve(listener, async {
@@ -231,40 +185,21 @@ async fn shut_down(served: Served) -> ShutdownReport {
 async fn post(client: &reqwest::Client, base: &str, body: &str) -> (u16, Value, Option<String>) {
     let response = tokio::time::timeout(
         Duration::from_secs(20),
-        client
-            .post(format!("{base}/events"))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send(),
+        client.post(format!("{base}/events")).header("content-type", "application/json").body(body.to_string()).send(),
     )
     .await
     .expect("no answer to POST /events within 20 s")
     .expect("POST /events");
     let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .map(String::from);
+    let retry_after = response.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(String::from);
     let text = response.text().await.expect("a body");
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or_else(|_| json!({ "not json": text })),
-        retry_after,
-    )
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| json!({ "not json": text })), retry_after)
 }
 
 /// GETs `url`: the status and the JSON answer.
 async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
-    let response = client
-        .get(&url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
-    (
-        response.status().as_u16(),
-        response.json().await.expect("a JSON body"),
-    )
+    let response = client.get(&url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    (response.status().as_u16(), response.json().await.expect("a JSON body"))
 }
 
 #[tokio::test]
@@ -295,10 +230,7 @@ async fn over_http_good_events_are_published_bad_ones_refused_and_the_newest_rea
     let mut accepted = Vec::new();
     for body in &good {
         let (status, answer, _) = post(&client, &served.base, &body.to_string()).await;
-        assert_eq!(
-            status, 202,
-            "a good event is accepted with 202; got {status}: {answer}"
-        );
+        assert_eq!(status, 202, "a good event is accepted with 202; got {status}: {answer}");
         accepted.push(answer);
     }
     kit::redact::settings().bind(|| insta::assert_json_snapshot!("accepted_answer", accepted[1]));
@@ -314,109 +246,57 @@ async fn over_http_good_events_are_published_bad_ones_refused_and_the_newest_rea
     let mut refused = BTreeMap::new();
     for body in bad {
         let (status, answer, _) = post(&client, &served.base, body).await;
-        assert_eq!(
-            status, 422,
-            "a bad event is refused with 422; got {status}: {answer}"
-        );
+        assert_eq!(status, 422, "a bad event is refused with 422; got {status}: {answer}");
         refused.insert(body, answer);
     }
     kit::redact::settings().bind(|| insta::assert_json_snapshot!("refused_answers", refused));
 
     // The test's own view of the topic: the four good events, each exactly where its 202 said.
     let records = read_topic(broker, &topic, good.len(), Duration::from_secs(20)).await;
-    assert_eq!(
-        records.len(),
-        good.len(),
-        "every good event and no bad one is in the topic"
-    );
-    let by_position: BTreeMap<(i64, i64), _> = records
-        .iter()
-        .map(|r| ((r.partition as i64, r.offset), r))
-        .collect();
+    assert_eq!(records.len(), good.len(), "every good event and no bad one is in the topic");
+    let by_position: BTreeMap<(i64, i64), _> = records.iter().map(|r| ((r.partition as i64, r.offset), r)).collect();
     for answer in &accepted {
-        let position = (
-            answer["partition"].as_i64().expect("partition"),
-            answer["offset"].as_i64().expect("offset"),
-        );
-        let record = by_position
-            .get(&position)
-            .unwrap_or_else(|| panic!("nothing at {position:?} as answered: {answer}"));
+        let position = (answer["partition"].as_i64().expect("partition"), answer["offset"].as_i64().expect("offset"));
+        let record =
+            by_position.get(&position).unwrap_or_else(|| panic!("nothing at {position:?} as answered: {answer}"));
         let stored: UserEvent = serde_json::from_str(record.payload.as_deref().unwrap()).unwrap();
-        assert_eq!(
-            stored.event_id.to_string(),
-            answer["event_id"].as_str().unwrap(),
-            "the event at {position:?}"
-        );
+        assert_eq!(stored.event_id.to_string(), answer["event_id"].as_str().unwrap(), "the event at {position:?}");
         assert_eq!(record.key.as_deref(), Some("user-7"), "keyed by user");
     }
 
     // GET /messages shows what the reader read: the newest three (the capacity), newest first.
     let newest_id = accepted[3]["event_id"].clone();
-    let messages = wait_until(
-        "GET /messages to show the last accepted event",
-        Duration::from_secs(20),
-        || {
-            let (client, url, newest_id) = (
-                client.clone(),
-                format!("{}/messages", served.base),
-                newest_id.clone(),
-            );
-            async move {
-                let (_, body) = get(&client, url).await;
-                let listed = body["messages"].as_array().cloned().unwrap_or_default();
-                listed
-                    .iter()
-                    .any(|m| m["event"]["event_id"] == newest_id)
-                    .then_some(listed)
-            }
-        },
-    )
+    let messages = wait_until("GET /messages to show the last accepted event", Duration::from_secs(20), || {
+        let (client, url, newest_id) = (client.clone(), format!("{}/messages", served.base), newest_id.clone());
+        async move {
+            let (_, body) = get(&client, url).await;
+            let listed = body["messages"].as_array().cloned().unwrap_or_default();
+            listed.iter().any(|m| m["event"]["event_id"] == newest_id).then_some(listed)
+        }
+    })
     .await;
     let listed_ids: Vec<&Value> = messages.iter().map(|m| &m["event"]["event_id"]).collect();
     let expected_ids: Vec<&Value> = accepted[1..].iter().rev().map(|a| &a["event_id"]).collect();
-    assert_eq!(
-        listed_ids, expected_ids,
-        "the three newest accepted events, newest first"
-    );
+    assert_eq!(listed_ids, expected_ids, "the three newest accepted events, newest first");
     kit::redact::settings().bind(|| insta::assert_json_snapshot!("newest_messages", messages));
     let (_, two) = get(&client, format!("{}/messages?limit=2", served.base)).await;
-    assert_eq!(
-        two["messages"].as_array().map(Vec::len),
-        Some(2),
-        "?limit=2 shows two: {two}"
-    );
+    assert_eq!(two["messages"].as_array().map(Vec::len), Some(2), "?limit=2 shows two: {two}");
 
     let (status, health) = get(&client, format!("{}/health", served.base)).await;
-    assert_eq!(
-        (status, health["status"].as_str()),
-        (200, Some("ok")),
-        "healthy while the reader runs: {health}"
-    );
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")), "healthy while the reader runs: {health}");
 
     // Graceful shutdown: the server stops, the reader stops, the producer is flushed.
     let report = shut_down(served).await;
-    assert!(
-        report.producer_flushed,
-        "the producer was flushed on shutdown"
-    );
-    assert!(
-        report.events_read >= 3,
-        "the reader read the events it showed: {report:?}"
-    );
+    assert!(report.producer_flushed, "the producer was flushed on shutdown");
+    assert!(report.events_read >= 3, "the reader read the events it showed: {report:?}");
 }
 
 #[tokio::test]
 async fn an_unreachable_kafka_is_a_503_with_a_clear_body_not_a_hang() {
     // An address where nothing listens: a port the system just handed out and that was closed again.
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .to_string();
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let mut nowhere = ClientConfig::new();
-    nowhere
-        .set("bootstrap.servers", &nobody)
-        .set("log_level", "0");
+    nowhere.set("bootstrap.servers", &nobody).set("log_level", "0");
     let mut settings = GatewaySettings::new(unique("lesson06-nowhere"));
     settings.publish_timeout = Duration::from_millis(1500);
     settings.startup = Backoff {
@@ -427,54 +307,24 @@ async fn an_unreachable_kafka_is_a_503_with_a_clear_body_not_a_hang() {
     };
 
     // At start-up, the gateway retries, then gives up saying how to start Kafka.
-    let refused = Gateway::start(nowhere.clone(), nowhere.clone(), &settings)
-        .await
-        .expect_err("no Kafka, no start");
+    let refused = Gateway::start(nowhere.clone(), nowhere.clone(), &settings).await.expect_err("no Kafka, no start");
     let message = format!("{refused:#}");
-    assert!(
-        message.contains("not ready after 2 attempts")
-            && message.contains(kit::broker::HOW_TO_START),
-        "{message}"
-    );
+    assert!(message.contains("not ready after 2 attempts") && message.contains(kit::broker::HOW_TO_START), "{message}");
 
     // Kafka gone while the gateway runs: an event waits at most `publish_timeout`, then the client hears 503.
-    let producer: FutureProducer = producer_config(nowhere, settings.publish_timeout)
-        .create()
-        .unwrap();
+    let producer: FutureProducer = producer_config(nowhere, settings.publish_timeout).create().unwrap();
     let served = serve(Gateway::with_producer(producer, &settings)).await;
     let client = reqwest::Client::new();
-    let (status, answer, retry_after) = post(
-        &client,
-        &served.base,
-        r#"{"user_id": "user-1", "event_type": "click"}"#,
-    )
-    .await;
-    assert_eq!(
-        status, 503,
-        "Kafka unreachable is 503 Service Unavailable; got {status}: {answer}"
-    );
-    assert!(
-        retry_after.is_some(),
-        "a 503 says when to come back (Retry-After)"
-    );
-    assert_eq!(
-        answer["retryable"],
-        json!(true),
-        "the client is told to try again later: {answer}"
-    );
+    let (status, answer, retry_after) =
+        post(&client, &served.base, r#"{"user_id": "user-1", "event_type": "click"}"#).await;
+    assert_eq!(status, 503, "Kafka unreachable is 503 Service Unavailable; got {status}: {answer}");
+    assert!(retry_after.is_some(), "a 503 says when to come back (Retry-After)");
+    assert_eq!(answer["retryable"], json!(true), "the client is told to try again later: {answer}");
     kit::redact::settings().bind(|| insta::assert_json_snapshot!("unavailable_answer", answer));
 
     // Validation does not need Kafka: a bad event is still a 422, at once.
-    let (status, answer, _) = post(
-        &client,
-        &served.base,
-        r#"{"user_id": "user-1", "event_type": "refund"}"#,
-    )
-    .await;
-    assert_eq!(
-        status, 422,
-        "a bad event is refused even while Kafka is down; got {status}: {answer}"
-    );
+    let (status, answer, _) = post(&client, &served.base, r#"{"user_id": "user-1", "event_type": "refund"}"#).await;
+    assert_eq!(status, 422, "a bad event is refused even while Kafka is down; got {status}: {answer}");
 
     let _ = shut_down(served).await;
 }

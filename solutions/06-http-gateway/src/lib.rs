@@ -34,21 +34,12 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
 /// The fields an event body may carry: [`UserEvent`]'s, nothing else.
-pub const EVENT_FIELDS: &[&str] = &[
-    "event_id",
-    "user_id",
-    "event_type",
-    "amount_cents",
-    "timestamp",
-];
+pub const EVENT_FIELDS: &[&str] = &["event_id", "user_id", "event_type", "amount_cents", "timestamp"];
 
 /// The longest `user_id` accepted. It becomes the record key: keys are stored with every record and hashed on
 /// every send, so an unbounded one is a cost every consumer pays.
@@ -64,8 +55,7 @@ pub mod rule {
     pub const BLANK: &str = "must not be blank";
     pub const AMOUNT_NOT_POSITIVE: &str = "must be a whole number of cents greater than 0";
     pub const AMOUNT_REQUIRED_FOR_PURCHASE: &str = "is required for a purchase";
-    pub const AMOUNT_NOT_ALLOWED_FOR_CLICK: &str =
-        "must be absent for a click: clicks carry no amount";
+    pub const AMOUNT_NOT_ALLOWED_FOR_CLICK: &str = "must be absent for a click: clicks carry no amount";
     pub const NOT_A_UUID: &str = "must be a UUID such as 0f8fad5b-d9cb-469f-a165-70867728950e";
     pub const NOT_A_TIMESTAMP: &str = "must be an RFC 3339 date-time such as 2026-01-01T09:00:00Z";
 
@@ -74,10 +64,7 @@ pub mod rule {
     }
 
     pub fn unknown_field() -> String {
-        format!(
-            "is not a field of an event (expected one of: {})",
-            EVENT_FIELDS.join(", ")
-        )
+        format!("is not a field of an event (expected one of: {})", EVENT_FIELDS.join(", "))
     }
 
     pub fn unknown_event_type(got: &str) -> String {
@@ -97,10 +84,7 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, FieldError> {
                 Value::Bool(_) => "a boolean",
                 Value::Null | Value::Object(_) => "null",
             };
-            Err(FieldError::new(
-                "body",
-                format!("must be a JSON object, not {kind}"),
-            ))
+            Err(FieldError::new("body", format!("must be a JSON object, not {kind}")))
         }
         Err(e) => Err(FieldError::new("body", format!("is not valid JSON: {e}"))),
     }
@@ -122,21 +106,13 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, FieldError> {
 // ANCHOR: validate_event
 /// The event `fields` describe, or every rule they break, each naming its field. `received_at` is the event
 /// time when the client sent none.
-pub fn validate_event(
-    fields: &Map<String, Value>,
-    received_at: DateTime<Utc>,
-) -> Result<UserEvent, Vec<FieldError>> {
+pub fn validate_event(fields: &Map<String, Value>, received_at: DateTime<Utc>) -> Result<UserEvent, Vec<FieldError>> {
     /// Records a broken rule of `field`; passes a valid value on.
     fn keep<T>(errors: &mut Vec<FieldError>, field: &str, checked: Result<T, String>) -> Option<T> {
-        checked
-            .map_err(|message| errors.push(FieldError::new(field, message)))
-            .ok()
+        checked.map_err(|message| errors.push(FieldError::new(field, message))).ok()
     }
     let mut errors = Vec::new();
-    for name in fields
-        .keys()
-        .filter(|name| !EVENT_FIELDS.contains(&name.as_str()))
-    {
+    for name in fields.keys().filter(|name| !EVENT_FIELDS.contains(&name.as_str())) {
         errors.push(FieldError::new(name, rule::unknown_field()));
     }
     // `null` counts as absent throughout: many clients serialise a missing optional field that way.
@@ -164,20 +140,15 @@ pub fn validate_event(
     let amount_cents = match (event_type, present("amount_cents")) {
         (Some(EventType::Click), Some(_)) => Err(rule::AMOUNT_NOT_ALLOWED_FOR_CLICK.to_string()),
         (Some(EventType::Purchase), None) => Err(rule::AMOUNT_REQUIRED_FOR_PURCHASE.to_string()),
-        (_, Some(amount)) => amount
-            .as_u64()
-            .filter(|&cents| cents > 0)
-            .map(Some)
-            .ok_or(rule::AMOUNT_NOT_POSITIVE.to_string()),
+        (_, Some(amount)) => {
+            amount.as_u64().filter(|&cents| cents > 0).map(Some).ok_or(rule::AMOUNT_NOT_POSITIVE.to_string())
+        }
         (_, None) => Ok(None),
     };
     let amount_cents = keep(&mut errors, "amount_cents", amount_cents);
     let event_id = match present("event_id") {
         None => Ok(Uuid::new_v4()),
-        Some(value) => value
-            .as_str()
-            .and_then(|id| Uuid::parse_str(id).ok())
-            .ok_or(rule::NOT_A_UUID.to_string()),
+        Some(value) => value.as_str().and_then(|id| Uuid::parse_str(id).ok()).ok_or(rule::NOT_A_UUID.to_string()),
     };
     let event_id = keep(&mut errors, "event_id", event_id);
     let timestamp = match present("timestamp") {
@@ -191,16 +162,8 @@ pub fn validate_event(
     let timestamp = keep(&mut errors, "timestamp", timestamp);
 
     match (user_id, event_type, amount_cents, event_id, timestamp) {
-        (Some(user_id), Some(event_type), Some(amount_cents), Some(event_id), Some(timestamp))
-            if errors.is_empty() =>
-        {
-            Ok(UserEvent {
-                event_id,
-                user_id,
-                event_type,
-                amount_cents,
-                timestamp,
-            })
+        (Some(user_id), Some(event_type), Some(amount_cents), Some(event_id), Some(timestamp)) if errors.is_empty() => {
+            Ok(UserEvent { event_id, user_id, event_type, amount_cents, timestamp })
         }
         _ => Err(errors),
     }
@@ -273,20 +236,11 @@ pub const QUEUE_TIMEOUT: Duration = Duration::ZERO;
 // `Err((error, _message))` becomes `classify(&error)`.
 // ANCHOR: publish
 /// Sends one event and returns where it landed, or why it could not be published.
-pub async fn publish(
-    producer: &FutureProducer,
-    topic: &str,
-    event: &UserEvent,
-) -> Result<Delivery, PublishError> {
+pub async fn publish(producer: &FutureProducer, topic: &str, event: &UserEvent) -> Result<Delivery, PublishError> {
     let payload = event.to_json();
-    let record = FutureRecord::to(topic)
-        .key(&event.user_id)
-        .payload(&payload);
+    let record = FutureRecord::to(topic).key(&event.user_id).payload(&payload);
     match producer.send(record, QUEUE_TIMEOUT).await {
-        Ok(delivery) => Ok(Delivery {
-            partition: delivery.partition,
-            offset: delivery.offset,
-        }),
+        Ok(delivery) => Ok(Delivery { partition: delivery.partition, offset: delivery.offset }),
         Err((error, _message)) => Err(classify(&error)),
     }
 }
