@@ -76,7 +76,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut suite = Suite::default();
 
     suite.step("generated lessons are in sync (sync --check)", || sync::run(None, true).map(|_| String::new()));
-    suite.step("formatting (cargo fmt --check)", || command_step(cargo::cargo().args(["fmt", "--all", "--check"])));
+    // The generated exercises are left out: their formatting follows from their solution's, and renaming the
+    // crate (`solution_NN` → `lesson_NN`) can move an import in rustfmt's sort order.
+    suite.step("formatting of kit, xtask and solutions (cargo fmt --check)", || {
+        let mut command = cargo::cargo();
+        command.args(["fmt", "--check", "--package", "kit", "--package", "xtask"]);
+        for lesson in catalog::lessons()? {
+            command.args(["--package", &lesson.solution_package()]);
+        }
+        command_step(&mut command)
+    });
     let built = suite.step("everything builds (cargo build --workspace --all-targets)", || {
         command_step(cargo::cargo().args(["build", "--workspace", "--all-targets", "--color", "never"]))
     });
@@ -100,10 +109,29 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             prove_lesson(&mut suite, lesson, options.skip_lazy);
         }
     }
-    if catalog::root().join("mdbook").join("book.toml").exists() {
-        suite.step("the book builds (cargo xtask book)", || {
-            command_step(cargo::cargo().args(["run", "--quiet", "--package", "xtask", "--", "book"]))
+    if built && options.lesson.is_none() {
+        let reports = catalog::root().join("target").join("workbook");
+        let unsolved = reports.join("grade-unsolved.json");
+        suite.step("grade: the shipped exercises all grade unsolved (xtask grade --expect unsolved)", || {
+            command_step(xtask().args(["grade", "--expect", "unsolved", "--json"]).arg(&unsolved))?;
+            report_step(&unsolved)
         });
+        let solved = reports.join("grade-solved.json");
+        let junit = reports.join("grade-solved.xml");
+        suite.step("grade: the solutions all grade solved (xtask grade --lessons-dir solutions)", || {
+            command_step(
+                xtask()
+                    .args(["grade", "--lessons-dir", "solutions", "--expect", "solved", "--json"])
+                    .arg(&solved)
+                    .arg("--junit")
+                    .arg(&junit),
+            )?;
+            anyhow::ensure!(std::fs::read_to_string(&junit)?.contains("<testsuites"), "no JUnit report written");
+            report_step(&solved)
+        });
+    }
+    if catalog::root().join("mdbook").join("book.toml").exists() {
+        suite.step("the book builds without warnings (xtask book)", || command_step(xtask().arg("book")));
     }
 
     let passed = suite.steps.iter().filter(|s| s.ok).count();
@@ -251,6 +279,26 @@ fn expect_all_pass(run: &TestRun) -> anyhow::Result<String> {
         detail.push_str(&format!(", {} not graded on this broker", run.ungraded.len()));
     }
     Ok(detail)
+}
+
+/// This very xtask binary, to run one of its own commands as a step.
+fn xtask() -> std::process::Command {
+    let mut command = std::process::Command::new(std::env::current_exe().expect("the running xtask binary"));
+    command.current_dir(catalog::root());
+    command
+}
+
+/// A grade report exists, parses, and covers every lesson.
+fn report_step(path: &std::path::Path) -> anyhow::Result<String> {
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let text = report.to_string();
+    let missing: Vec<_> = catalog::lessons()?
+        .into_iter()
+        .filter(|l| !text.contains(&format!("\"{}\"", l.number)))
+        .map(|l| l.number)
+        .collect();
+    anyhow::ensure!(missing.is_empty(), "the report {} lacks lessons {missing:?}", cargo::relative(path));
+    Ok(format!("report in {}", cargo::relative(path)))
 }
 
 fn command_step(command: &mut std::process::Command) -> anyhow::Result<String> {

@@ -57,14 +57,7 @@ pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
 /// The records of a numbered sequence, in the order they are sent: round by round, one record per key per
 /// round (`a0 b0 c0 a1 b1 c1 …`), so the keys' records interleave in the producer's queues like real traffic.
 pub fn numbered_sequence(keys: &[&str], per_key: u32) -> Vec<Numbered> {
-    (0..per_key)
-        .flat_map(|seq| {
-            keys.iter().map(move |key| Numbered {
-                key: key.to_string(),
-                seq,
-            })
-        })
-        .collect()
+    (0..per_key).flat_map(|seq| keys.iter().map(move |key| Numbered { key: key.to_string(), seq })).collect()
 }
 
 /// A producer context that keeps librdkafka's latest statistics (emitted every `statistics.interval.ms`), so a
@@ -76,10 +69,7 @@ pub struct Watch {
 
 impl ClientContext for Watch {
     fn stats(&self, statistics: Statistics) {
-        *self
-            .latest
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(statistics);
+        *self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(statistics);
     }
 }
 
@@ -104,10 +94,7 @@ impl Watch {
 
     /// The state from the latest statistics, if any arrived yet.
     pub fn state(&self) -> Option<ProducerState> {
-        let guard = self
-            .latest
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let stats = guard.as_ref()?;
         let (idempotence, producer_id, producer_epoch) = match &stats.eos {
             Some(eos) => (eos.idemp_state.clone(), eos.producer_id, eos.producer_epoch),
@@ -119,11 +106,7 @@ impl Watch {
             producer_epoch,
             request_timeouts: stats.brokers.values().map(|b| b.req_timeouts).sum(),
             // Bootstrap entries have no node id; count the cluster's brokers only.
-            brokers_up: stats
-                .brokers
-                .values()
-                .filter(|b| b.nodeid >= 0 && b.state == "UP")
-                .count(),
+            brokers_up: stats.brokers.values().filter(|b| b.nodeid >= 0 && b.state == "UP").count(),
         })
     }
 }
@@ -172,10 +155,7 @@ impl OrderCheck {
     pub fn once_and_in_order(&self) -> bool {
         self.unreadable.is_empty()
             && self.keys.values().all(|k| {
-                k.missing.is_empty()
-                    && k.duplicated.is_empty()
-                    && k.out_of_order.is_empty()
-                    && k.partitions.len() <= 1
+                k.missing.is_empty() && k.duplicated.is_empty() && k.out_of_order.is_empty() && k.partitions.len() <= 1
             })
     }
 }

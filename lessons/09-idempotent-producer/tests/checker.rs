@@ -16,10 +16,7 @@ fn log(entries: &[(i32, &str, u32)]) -> Vec<ReadRecord> {
         .map(|&(partition, key, seq)| {
             let offset = next_offset.entry(partition).or_default();
             *offset += 1;
-            let numbered = Numbered {
-                key: key.to_string(),
-                seq,
-            };
+            let numbered = Numbered { key: key.to_string(), seq };
             ReadRecord {
                 partition,
                 offset: *offset - 1,
@@ -40,36 +37,19 @@ fn verdict(check: &OrderCheck) -> serde_json::Value {
 #[test]
 fn a_clean_log_passes() {
     let sent = numbered_sequence(KEYS, 3);
-    let entries: Vec<(i32, &str, u32)> = sent
-        .iter()
-        .map(|n| (if n.key == "user-1" { 0 } else { 1 }, n.key.as_str(), n.seq))
-        .collect();
+    let entries: Vec<(i32, &str, u32)> =
+        sent.iter().map(|n| (if n.key == "user-1" { 0 } else { 1 }, n.key.as_str(), n.seq)).collect();
     let check = check_once_in_order(&log(&entries), KEYS, 3);
-    assert!(
-        check.once_and_in_order(),
-        "every record is there once, in order: {check:?}"
-    );
+    assert!(check.once_and_in_order(), "every record is there once, in order: {check:?}");
     assert_eq!(check.keys.len(), KEYS.len(), "one report per key");
-    assert_eq!(
-        check.keys["user-1"].read, 3,
-        "three records of user-1 were read"
-    );
+    assert_eq!(check.keys["user-1"].read, 3, "three records of user-1 were read");
     kit::redact::settings().bind(|| insta::assert_json_snapshot!("clean_log", verdict(&check)));
 }
 
 #[test]
 fn each_fault_is_named() {
     let cases: BTreeMap<&str, Vec<(i32, &str, u32)>> = BTreeMap::from([
-        (
-            "lost",
-            vec![
-                (0, "user-1", 0),
-                (0, "user-1", 2),
-                (1, "user-2", 0),
-                (1, "user-2", 1),
-                (1, "user-2", 2),
-            ],
-        ),
+        ("lost", vec![(0, "user-1", 0), (0, "user-1", 2), (1, "user-2", 0), (1, "user-2", 1), (1, "user-2", 2)]),
         // A retried batch written twice: 1 and 2 come back after themselves.
         (
             "duplicated",
@@ -109,27 +89,17 @@ fn each_fault_is_named() {
             ],
         ),
     ]);
-    let verdicts: BTreeMap<&str, serde_json::Value> = cases
-        .iter()
-        .map(|(name, entries)| (*name, verdict(&check_once_in_order(&log(entries), KEYS, 3))))
-        .collect();
+    let verdicts: BTreeMap<&str, serde_json::Value> =
+        cases.iter().map(|(name, entries)| (*name, verdict(&check_once_in_order(&log(entries), KEYS, 3)))).collect();
     for (name, value) in &verdicts {
-        assert_eq!(
-            value["once_and_in_order"], false,
-            "the {name} log must not pass: {value}"
-        );
+        assert_eq!(value["once_and_in_order"], false, "the {name} log must not pass: {value}");
     }
     kit::redact::settings().bind(|| insta::assert_json_snapshot!("each_fault_is_named", verdicts));
 }
 
 #[test]
 fn a_record_outside_the_sequence_is_reported_not_skipped() {
-    let mut records = log(&[
-        (0, "user-1", 0),
-        (0, "user-1", 1),
-        (1, "user-2", 0),
-        (1, "user-2", 1),
-    ]);
+    let mut records = log(&[(0, "user-1", 0), (0, "user-1", 1), (1, "user-2", 0), (1, "user-2", 1)]);
     records.insert(
         2,
         ReadRecord {
@@ -141,17 +111,7 @@ fn a_record_outside_the_sequence_is_reported_not_skipped() {
         },
     );
     let check = check_once_in_order(&records, KEYS, 2);
-    assert_eq!(
-        check.unreadable,
-        vec!["0/2".to_string()],
-        "the unparsable record is named by partition/offset"
-    );
-    assert!(
-        !check.once_and_in_order(),
-        "a log with a stranger in it is not clean"
-    );
-    assert!(
-        check.keys.values().all(|k| k.missing.is_empty()),
-        "the readable records are all accounted for"
-    );
+    assert_eq!(check.unreadable, vec!["0/2".to_string()], "the unparsable record is named by partition/offset");
+    assert!(!check.once_and_in_order(), "a log with a stranger in it is not clean");
+    assert!(check.keys.values().all(|k| k.missing.is_empty()), "the readable records are all accounted for");
 }

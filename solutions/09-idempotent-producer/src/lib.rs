@@ -50,10 +50,7 @@ pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
         .set("bootstrap.servers", bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set(
-            "max.in.flight.requests.per.connection",
-            MAX_IN_FLIGHT.to_string(),
-        )
+        .set("max.in.flight.requests.per.connection", MAX_IN_FLIGHT.to_string())
         // i32::MAX is librdkafka's default: retry until message.timeout.ms says stop.
         .set("retries", i32::MAX.to_string())
         .set("message.timeout.ms", "30000");
@@ -64,14 +61,7 @@ pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
 /// The records of a numbered sequence, in the order they are sent: round by round, one record per key per
 /// round (`a0 b0 c0 a1 b1 c1 …`), so the keys' records interleave in the producer's queues like real traffic.
 pub fn numbered_sequence(keys: &[&str], per_key: u32) -> Vec<Numbered> {
-    (0..per_key)
-        .flat_map(|seq| {
-            keys.iter().map(move |key| Numbered {
-                key: key.to_string(),
-                seq,
-            })
-        })
-        .collect()
+    (0..per_key).flat_map(|seq| keys.iter().map(move |key| Numbered { key: key.to_string(), seq })).collect()
 }
 
 /// A producer context that keeps librdkafka's latest statistics (emitted every `statistics.interval.ms`), so a
@@ -83,10 +73,7 @@ pub struct Watch {
 
 impl ClientContext for Watch {
     fn stats(&self, statistics: Statistics) {
-        *self
-            .latest
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(statistics);
+        *self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(statistics);
     }
 }
 
@@ -111,10 +98,7 @@ impl Watch {
 
     /// The state from the latest statistics, if any arrived yet.
     pub fn state(&self) -> Option<ProducerState> {
-        let guard = self
-            .latest
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let guard = self.latest.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let stats = guard.as_ref()?;
         let (idempotence, producer_id, producer_epoch) = match &stats.eos {
             Some(eos) => (eos.idemp_state.clone(), eos.producer_id, eos.producer_epoch),
@@ -126,11 +110,7 @@ impl Watch {
             producer_epoch,
             request_timeouts: stats.brokers.values().map(|b| b.req_timeouts).sum(),
             // Bootstrap entries have no node id; count the cluster's brokers only.
-            brokers_up: stats
-                .brokers
-                .values()
-                .filter(|b| b.nodeid >= 0 && b.state == "UP")
-                .count(),
+            brokers_up: stats.brokers.values().filter(|b| b.nodeid >= 0 && b.state == "UP").count(),
         })
     }
 }
@@ -150,27 +130,18 @@ pub async fn send_numbered<C: ClientContext + 'static>(
     let mut pending = Vec::with_capacity(records.len());
     for record in records {
         let payload = serde_json::to_string(record)?;
-        let future = producer
-            .send_result(FutureRecord::to(topic).key(&record.key).payload(&payload))
-            .map_err(|(error, _message)| {
-                anyhow::anyhow!("could not enqueue {} #{}: {error}", record.key, record.seq)
-            })?;
+        let future = producer.send_result(FutureRecord::to(topic).key(&record.key).payload(&payload)).map_err(
+            |(error, _message)| anyhow::anyhow!("could not enqueue {} #{}: {error}", record.key, record.seq),
+        )?;
         pending.push(async move {
             match future.await {
-                Ok(Ok(delivery)) => Ok(Delivery {
-                    partition: delivery.partition,
-                    offset: delivery.offset,
-                }),
-                Ok(Err((error, _message))) => Err(anyhow::anyhow!(
-                    "{} #{} was not delivered: {error}",
-                    record.key,
-                    record.seq
-                )),
-                Err(_canceled) => Err(anyhow::anyhow!(
-                    "the producer closed before {} #{} was delivered",
-                    record.key,
-                    record.seq
-                )),
+                Ok(Ok(delivery)) => Ok(Delivery { partition: delivery.partition, offset: delivery.offset }),
+                Ok(Err((error, _message))) => {
+                    Err(anyhow::anyhow!("{} #{} was not delivered: {error}", record.key, record.seq))
+                }
+                Err(_canceled) => {
+                    Err(anyhow::anyhow!("the producer closed before {} #{} was delivered", record.key, record.seq))
+                }
             }
         });
     }
@@ -206,10 +177,7 @@ impl OrderCheck {
     pub fn once_and_in_order(&self) -> bool {
         self.unreadable.is_empty()
             && self.keys.values().all(|k| {
-                k.missing.is_empty()
-                    && k.duplicated.is_empty()
-                    && k.out_of_order.is_empty()
-                    && k.partitions.len() <= 1
+                k.missing.is_empty() && k.duplicated.is_empty() && k.out_of_order.is_empty() && k.partitions.len() <= 1
             })
     }
 }
@@ -225,19 +193,12 @@ impl OrderCheck {
 pub fn check_once_in_order(records: &[ReadRecord], keys: &[&str], per_key: u32) -> OrderCheck {
     let mut check = OrderCheck::default();
     // Per key: the sequence numbers in log order, and the partitions they came from.
-    let mut seen: BTreeMap<String, (Vec<u32>, Vec<i32>)> = keys
-        .iter()
-        .map(|k| (k.to_string(), (Vec::new(), Vec::new())))
-        .collect();
+    let mut seen: BTreeMap<String, (Vec<u32>, Vec<i32>)> =
+        keys.iter().map(|k| (k.to_string(), (Vec::new(), Vec::new()))).collect();
     for record in records {
-        let parsed = record
-            .payload
-            .as_deref()
-            .and_then(|p| serde_json::from_str::<Numbered>(p).ok());
+        let parsed = record.payload.as_deref().and_then(|p| serde_json::from_str::<Numbered>(p).ok());
         let Some(numbered) = parsed else {
-            check
-                .unreadable
-                .push(format!("{}/{}", record.partition, record.offset));
+            check.unreadable.push(format!("{}/{}", record.partition, record.offset));
             continue;
         };
         let (seqs, partitions) = seen.entry(numbered.key).or_default();
@@ -267,14 +228,8 @@ pub fn check_once_in_order(records: &[ReadRecord], keys: &[&str], per_key: u32) 
         let report = KeyReport {
             partitions,
             read: seqs.len(),
-            missing: (0..per_key)
-                .filter(|seq| !counts.contains_key(seq))
-                .collect(),
-            duplicated: counts
-                .iter()
-                .filter(|(_, n)| **n > 1)
-                .map(|(seq, _)| *seq)
-                .collect(),
+            missing: (0..per_key).filter(|seq| !counts.contains_key(seq)).collect(),
+            duplicated: counts.iter().filter(|(_, n)| **n > 1).map(|(seq, _)| *seq).collect(),
             out_of_order,
         };
         check.keys.insert(key, report);

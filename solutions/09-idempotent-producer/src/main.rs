@@ -17,8 +17,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use solution_09::{
-    OrderCheck, ProducerState, Watch, check_once_in_order, numbered_sequence, producer_config,
-    send_numbered,
+    OrderCheck, ProducerState, Watch, check_once_in_order, numbered_sequence, producer_config, send_numbered,
 };
 
 /// Send numbered records through injected faults and check that each arrives once, in order.
@@ -58,10 +57,7 @@ async fn main() -> anyhow::Result<()> {
             own
         }
     };
-    let cluster = broker
-        .embedded_cluster()
-        .expect("the story's broker is hosted in this process")
-        .clone();
+    let cluster = broker.embedded_cluster().expect("the story's broker is hosted in this process").clone();
 
     let names: Vec<String> = (1..=args.users).map(|u| format!("user-{u}")).collect();
     let round = Round {
@@ -72,22 +68,12 @@ async fn main() -> anyhow::Result<()> {
     };
     let config = producer_config(broker.bootstrap_servers());
     println!("\nthe producer's safety net:");
-    for key in [
-        "enable.idempotence",
-        "acks",
-        "max.in.flight.requests.per.connection",
-        "retries",
-        "message.timeout.ms",
-    ] {
-        println!(
-            "  {key:<40} {}",
-            config.get(key).unwrap_or("(librdkafka's default)")
-        );
+    for key in ["enable.idempotence", "acks", "max.in.flight.requests.per.connection", "retries", "message.timeout.ms"]
+    {
+        println!("  {key:<40} {}", config.get(key).unwrap_or("(librdkafka's default)"));
     }
 
-    println!(
-        "\n1. every other Produce request fails (NOT_LEADER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS)"
-    );
+    println!("\n1. every other Produce request fails (NOT_LEADER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS)");
     round.inject_request_errors(9);
     let (check, state) = round.run("request errors", &config).await?;
     report(&check, &state);
@@ -137,12 +123,8 @@ impl Round<'_> {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
         ];
-        let errors = faults
-            .iter()
-            .cycle()
-            .take(count)
-            .flat_map(|f| [*f, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR])
-            .collect();
+        let errors =
+            faults.iter().cycle().take(count).flat_map(|f| [*f, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR]).collect();
         self.cluster.fail_requests(RDKafkaApiKey::Produce, errors);
     }
 
@@ -156,10 +138,7 @@ impl Round<'_> {
         let topic = kit::testing::unique("lesson09-numbered");
         self.broker.create_topic(&topic, 3).await?;
         let mut config = config.clone();
-        config
-            .set("statistics.interval.ms", Watch::INTERVAL_MS)
-            .set("batch.num.messages", "4")
-            .set("linger.ms", "0");
+        config.set("statistics.interval.ms", Watch::INTERVAL_MS).set("batch.num.messages", "4").set("linger.ms", "0");
         for (key, value) in tuning {
             config.set(*key, *value);
         }
@@ -168,34 +147,21 @@ impl Round<'_> {
         Ok((topic, producer, watch))
     }
 
-    async fn run(
-        &self,
-        label: &str,
-        config: &ClientConfig,
-    ) -> anyhow::Result<(OrderCheck, ProducerState)> {
+    async fn run(&self, label: &str, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
         let (topic, producer, watch) = self.prepare(config, &[]).await?;
         let records = numbered_sequence(&self.keys, self.per_key);
-        let progress = spinner(format!(
-            "sending {} numbered records ({label})",
-            records.len()
-        ));
+        let progress = spinner(format!("sending {} numbered records ({label})", records.len()));
         send_numbered(&producer, &topic, &records).await?;
         progress.finish_and_clear();
         self.read_back(&topic, records.len(), &watch).await
     }
 
-    async fn run_with_outage(
-        &self,
-        config: &ClientConfig,
-    ) -> anyhow::Result<(OrderCheck, ProducerState)> {
+    async fn run_with_outage(&self, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
         let (topic, producer, watch) = self.prepare(config, &[]).await?;
         let records = numbered_sequence(&self.keys, self.per_key);
         let (before, after) = records.split_at(records.len() / 2);
         send_numbered(&producer, &topic, before).await?;
-        let progress = spinner(format!(
-            "broker 1 is down; {} records wait and retry",
-            after.len()
-        ));
+        let progress = spinner(format!("broker 1 is down; {} records wait and retry", after.len()));
         self.cluster.broker_down(1)?;
         let sending = send_numbered(&producer, &topic, after);
         let outage = async {
@@ -210,26 +176,15 @@ impl Round<'_> {
         self.read_back(&topic, records.len(), &watch).await
     }
 
-    async fn run_with_slow_acks(
-        &self,
-        config: &ClientConfig,
-    ) -> anyhow::Result<(OrderCheck, ProducerState)> {
+    async fn run_with_slow_acks(&self, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
         // The producer waits 1 s for an ack; the broker answers after 1.5 s.
-        let (topic, producer, watch) = self
-            .prepare(
-                config,
-                &[
-                    ("request.timeout.ms", "1000"),
-                    ("socket.timeout.ms", "1000"),
-                ],
-            )
-            .await?;
+        let (topic, producer, watch) =
+            self.prepare(config, &[("request.timeout.ms", "1000"), ("socket.timeout.ms", "1000")]).await?;
         // One record first, while acks are fast: the producer gets its producer id before the acks slow down.
         send_numbered(&producer, &topic, &numbered_sequence(&["warm-up"], 1)).await?;
         let records = numbered_sequence(&self.keys, self.per_key.min(10));
         let progress = spinner("acks take 1.5 s, the producer waits 1 s".to_string());
-        self.cluster
-            .round_trip_time(1, Duration::from_millis(1500))?;
+        self.cluster.round_trip_time(1, Duration::from_millis(1500))?;
         let sending = send_numbered(&producer, &topic, &records);
         let slow = async {
             wait_for(&watch, |s| s.request_timeouts > 0).await;
@@ -243,12 +198,7 @@ impl Round<'_> {
         self.read_back(&topic, records.len(), &watch).await
     }
 
-    async fn read_back(
-        &self,
-        topic: &str,
-        sent: usize,
-        watch: &Watch,
-    ) -> anyhow::Result<(OrderCheck, ProducerState)> {
+    async fn read_back(&self, topic: &str, sent: usize, watch: &Watch) -> anyhow::Result<(OrderCheck, ProducerState)> {
         // The story's broker is in this process: what was written is readable within milliseconds. The bound
         // only matters when records are missing, and then it is how long the story waits for them.
         let mut read = read_topic(self.broker, topic, sent, Duration::from_secs(1)).await;
@@ -276,8 +226,7 @@ async fn wait_for(watch: &Watch, accept: impl Fn(&ProducerState) -> bool) -> Pro
 
 fn spinner(message: String) -> ProgressBar {
     let progress = ProgressBar::new_spinner().with_message(message);
-    progress
-        .set_style(ProgressStyle::with_template("   {spinner} {msg}").expect("a valid template"));
+    progress.set_style(ProgressStyle::with_template("   {spinner} {msg}").expect("a valid template"));
     progress.enable_steady_tick(Duration::from_millis(80));
     progress
 }
@@ -289,11 +238,7 @@ fn report(check: &OrderCheck, state: &ProducerState) {
             k.read, k.missing, k.duplicated, k.out_of_order
         );
     }
-    let verdict = if check.once_and_in_order() {
-        "every record once, in order"
-    } else {
-        "NOT once and in order"
-    };
+    let verdict = if check.once_and_in_order() { "every record once, in order" } else { "NOT once and in order" };
     println!(
         "   => {verdict}   (idempotence: {}, producer id {}, {} requests timed out)",
         state.idempotence, state.producer_id, state.request_timeouts
