@@ -76,6 +76,15 @@ pub fn topics(bootstrap: Option<String>) -> anyhow::Result<()> {
 
 /// Runs `docker compose ARGS` on the workbook's compose file, with a clear message when Docker is missing.
 fn compose(args: &[&str]) -> anyhow::Result<()> {
+    // Ask first whether the compose plugin is there: without it, `docker compose --file …` fails with a
+    // puzzling "unknown flag" from the bare docker client.
+    let plugin = Command::new("docker").args(["compose", "version"]).stdin(Stdio::null()).output();
+    if !plugin.is_ok_and(|o| o.status.success()) {
+        bail!(
+            "`cargo xtask up`/`down` need Docker with the compose plugin (`docker compose version` did not answer). \
+             Install Docker, or keep using the embedded broker: the lessons use it when KAFKA_BOOTSTRAP_SERVERS is unset."
+        );
+    }
     let file = catalog::root().join("docker-compose.yml");
     let status = Command::new("docker")
         .arg("compose")
