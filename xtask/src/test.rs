@@ -281,10 +281,12 @@ fn expect_all_pass(run: &TestRun) -> anyhow::Result<String> {
     Ok(detail)
 }
 
-/// This very xtask binary, to run one of its own commands as a step.
+/// One of xtask's own commands, as a step. Through `cargo run`, not `current_exe()`: the workspace build step
+/// unifies dependency features differently and rebuilds the xtask binary, so the file this process started
+/// from may no longer exist.
 fn xtask() -> std::process::Command {
-    let mut command = std::process::Command::new(std::env::current_exe().expect("the running xtask binary"));
-    command.current_dir(catalog::root());
+    let mut command = cargo::cargo();
+    command.args(["run", "--quiet", "--package", "xtask", "--"]);
     command
 }
 
