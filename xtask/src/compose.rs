@@ -9,11 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use indicatif::{ProgressBar, ProgressStyle};
 use kit::broker::{Broker, BrokerKind};
 use kit::topics::WORKBOOK_TOPICS;
 
 use crate::catalog;
+use crate::progress::spinner;
 
 /// Where `up` leaves Kafka for programs on this machine (the compose file's HOST listener).
 pub const HOST_BOOTSTRAP: &str = "127.0.0.1:9092";
@@ -103,14 +103,6 @@ fn compose(args: &[&str]) -> anyhow::Result<()> {
         bail!("`docker compose {}` failed ({status}); is the Docker engine running (`docker info`)?", args.join(" "));
     }
     Ok(())
-}
-
-fn spinner(message: &str) -> ProgressBar {
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
-    spinner.set_message(message.to_string());
-    spinner.enable_steady_tick(Duration::from_millis(200));
-    spinner
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::catalog::{self, Lesson};
 use crate::grade::{self, LessonGrade};
+use crate::progress::spinner;
 use crate::sync;
 
 /// Points are not a learner's concern; the grade module wants a scale.
@@ -221,14 +222,6 @@ pub fn watch() -> anyhow::Result<()> {
 fn clear_screen() {
     print!("\x1b[2J\x1b[H");
     let _ = std::io::stdout().flush();
-}
-
-fn spinner(message: &str) -> ProgressBar {
-    let spinner = ProgressBar::new_spinner();
-    spinner.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
-    spinner.set_message(message.to_string());
-    spinner.enable_steady_tick(Duration::from_millis(200));
-    spinner
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod exercise;
 mod grade;
 mod learner;
 mod lesson;
+mod progress;
 mod sync;
 mod test;
 
