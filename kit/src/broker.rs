@@ -61,11 +61,14 @@ pub enum Capability {
     ReadCommittedHidesAborted,
     /// Offsets sent inside a transaction are stored as the group's committed offsets (the mock drops them).
     TransactionalOffsetCommits,
-    /// An idempotent producer's retried batch is de-duplicated when only the ack was lost (not on the mock).
-    IdempotentDedupOnLostAck,
+    /// The broker checks an idempotent producer's sequence numbers: it acknowledges without writing a retried
+    /// batch it already has (a lost ack) and rejects one that skips ahead of a failed batch, so the producer
+    /// resends in order. The mock checks them only for transactional producers.
+    IdempotentSequenceChecks,
     /// The CreateTopics/DeleteTopics admin API (the mock creates topics through its own API only).
     AdminTopics,
-    /// Injecting request errors, broker outages and slow responses: only the in-process mock can.
+    /// Injecting request errors, broker outages and slow responses from inside the broker: only the in-process
+    /// mock can. Lost and late acks can be injected in front of any broker with [`crate::FaultProxy`].
     FaultInjection,
 }
 
@@ -74,7 +77,9 @@ impl Capability {
         match self {
             Capability::ReadCommittedHidesAborted => "read_committed hiding aborted records",
             Capability::TransactionalOffsetCommits => "storing offsets committed in a transaction",
-            Capability::IdempotentDedupOnLostAck => "de-duplicating a retried batch after a lost ack",
+            Capability::IdempotentSequenceChecks => {
+                "checking an idempotent producer's sequence numbers (no copy after a lost ack, no gap after an error)"
+            }
             Capability::AdminTopics => "the CreateTopics admin API",
             Capability::FaultInjection => "fault injection (the in-process embedded broker)",
         }
@@ -168,7 +173,7 @@ impl Broker {
             Capability::FaultInjection => self.embedded.is_some(),
             Capability::ReadCommittedHidesAborted
             | Capability::TransactionalOffsetCommits
-            | Capability::IdempotentDedupOnLostAck
+            | Capability::IdempotentSequenceChecks
             | Capability::AdminTopics => self.kind.is_real_kafka(),
         }
     }

@@ -8,6 +8,8 @@
 //! - [`containers`]: the testcontainers source (`WORKBOOK_BROKER=testcontainers`): real Kafka, Redis in Docker.
 //! - [`embedded`]: hosts librdkafka's mock cluster on a thread of its own (the mock is `!Send`), exposes its fault
 //!   injection, and can publish it on a fixed address such as `127.0.0.1:9092` for other processes.
+//! - [`fault_proxy`]: a Kafka-aware TCP proxy that loses or delays Produce acks in front of any broker, real Kafka
+//!   included, for the behaviours that only real Kafka gets right under faults (lesson 09's lost ack).
 //! - [`topics`]: the manifest of the workbook's named topics (partitions, retention, compression), read by the
 //!   lessons' runnable stories and by `cargo xtask broker` / `cargo xtask topics`.
 //! - [`events`]: the user-activity event the lessons produce and consume, and a deterministic sample generator.
@@ -23,6 +25,7 @@ pub mod broker;
 pub mod containers;
 pub mod embedded;
 pub mod events;
+pub mod fault_proxy;
 pub mod publish;
 pub mod redact;
 pub mod redis;
@@ -33,3 +36,4 @@ pub mod topics;
 pub use broker::{Broker, BrokerError, BrokerKind, Capability};
 pub use embedded::EmbeddedCluster;
 pub use events::{EventType, UserEvent};
+pub use fault_proxy::{FaultProxy, ProxyStats};
