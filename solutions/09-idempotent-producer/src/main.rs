@@ -1,9 +1,12 @@
-//! Lesson 09, the runnable story: send numbered records per user while the broker misbehaves — failing
-//! requests, going down, answering too late — and check what was written: every record once, in order.
+//! Lesson 09, the runnable story: send numbered records per user while the network and the broker misbehave —
+//! refused requests, lost acks, late acks, the broker going down — and check what was written: every record
+//! once, in order.
 //!
-//! Faults can only be injected into an embedded broker this process hosts. When the resolved broker is anything
-//! else (real Kafka, or the one `cargo xtask lesson` hosts in its own process), the story starts an embedded
-//! cluster of its own for the faults and says so.
+//! Refused requests and lost or late acks come from `kit::FaultProxy` between the producer and the resolved
+//! broker, whichever it is: run the story against real Kafka to see what the embedded broker cannot show. A
+//! broker outage needs a broker this process hosts; against real Kafka that round starts an embedded cluster of
+//! its own and says so. Each round writes a topic of its own, which the embedded broker `cargo xtask lesson`
+//! hosts in its own process cannot create: then the whole story runs on an embedded broker in this process.
 //!
 //! Run it with `cargo xtask lesson 09` (your exercise) or `cargo xtask lesson 09 --solution`.
 
@@ -12,10 +15,10 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use kit::testing::read_topic;
-use kit::{Broker, EmbeddedCluster};
+use kit::{Broker, EmbeddedCluster, FaultProxy};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::types::RDKafkaRespErr;
 use solution_09::{
     OrderCheck, ProducerState, Watch, check_once_in_order, numbered_sequence, producer_config, send_numbered,
 };
@@ -31,9 +34,8 @@ struct Args {
     per_user: u32,
 }
 
-/// One round of the story: a fault, a producer, a numbered sequence, and what was read back.
+/// One round of the story: a broker, a numbered sequence per key, and what was read back.
 struct Round<'a> {
-    cluster: &'a EmbeddedCluster,
     broker: &'a Broker,
     keys: Vec<&'a str>,
     per_key: u32,
@@ -45,37 +47,29 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let resolved = Broker::resolve()?;
     println!("broker: {}", resolved.describe());
-    let broker = match resolved.embedded_cluster() {
-        Some(_) => resolved,
-        None => {
-            let own = Broker::embedded()?;
-            println!(
-                "faults can only be injected into an embedded broker hosted by this process: this story starts \
-                 its own, at {}",
-                own.bootstrap_servers()
-            );
-            own
-        }
+    // Each round writes a topic of its own. Real Kafka and an embedded broker in this process create topics on
+    // request; one hosted by another process (`cargo xtask lesson`) cannot, so the story hosts its own.
+    let broker = if resolved.kind().is_real_kafka() || resolved.embedded_cluster().is_some() {
+        resolved
+    } else {
+        let own = Broker::embedded()?;
+        println!("that broker cannot create this story's topics: starting an embedded one in this process");
+        own
     };
-    let cluster = broker.embedded_cluster().expect("the story's broker is hosted in this process").clone();
 
     let names: Vec<String> = (1..=args.users).map(|u| format!("user-{u}")).collect();
-    let round = Round {
-        cluster: &cluster,
-        broker: &broker,
-        keys: names.iter().map(String::as_str).collect(),
-        per_key: args.per_user,
-    };
+    let round = Round { broker: &broker, keys: names.iter().map(String::as_str).collect(), per_key: args.per_user };
     let config = producer_config(broker.bootstrap_servers());
     println!("\nthe producer's safety net:");
     for key in ["enable.idempotence", "acks", "max.in.flight.requests.per.connection", "retries", "message.timeout.ms"]
     {
         println!("  {key:<40} {}", config.get(key).unwrap_or("(librdkafka's default)"));
     }
+    println!("\nrounds 1, 2, 4 and 5 put a fault proxy between the producer and the broker: it answers some requests");
+    println!("itself with an error, or throws the broker's acks away, or holds them back.");
 
-    println!("\n1. every other Produce request fails (NOT_LEADER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS)");
-    round.inject_request_errors(9);
-    let (check, state) = round.run("request errors", &config).await?;
+    println!("\n1. every other Produce request is refused (NOT_LEADER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS)");
+    let (check, state) = round.run_with_refusals("request errors", &config).await?;
     report(&check, &state);
     if check.keys.values().any(|k| !k.missing.is_empty()) {
         println!(
@@ -89,25 +83,32 @@ async fn main() -> anyhow::Result<()> {
     println!("\n2. the same faults, idempotence off, 5 requests in flight");
     let mut unsafe_config = config.clone();
     unsafe_config.set("enable.idempotence", "false");
-    round.inject_request_errors(9);
-    let (check, state) = round.run("no idempotence", &unsafe_config).await?;
+    let (check, state) = round.run_with_refusals("no idempotence", &unsafe_config).await?;
     report(&check, &state);
 
     println!("\n3. the broker goes down while records are in flight, and comes back");
+    let own;
+    let outage_round = match broker.embedded_cluster() {
+        Some(_) => Round { broker: &broker, ..round.clone_keys() },
+        None => {
+            own = Broker::embedded()?;
+            println!("   (an outage needs a broker hosted by this process: this round starts its own embedded one)");
+            Round { broker: &own, ..round.clone_keys() }
+        }
+    };
     println!("   (librdkafka's connection errors below are the outage as the producer sees it)");
-    let (check, state) = round.run_with_outage(&config).await?;
+    let (check, state) = outage_round.run_with_outage(&config).await?;
     report(&check, &state);
 
-    println!("\n4. the broker writes the records but its acks come too late (a lost ack)");
-    let (check, state) = round.run_with_slow_acks(&config).await?;
+    println!("\n4. the broker writes the records but its acks come too late (the producer times out)");
+    let (check, state) = round.run_with_late_acks(&config).await?;
     report(&check, &state);
-    if check.keys.values().any(|k| !k.duplicated.is_empty()) {
-        println!(
-            "   The embedded broker checks sequence numbers only for transactional producers, so the retry was \
-             written twice.\n   Real Kafka drops a batch it already has from the same producer id and sequence: \
-             run against it to see that."
-        );
-    }
+    explain_copies(&check);
+
+    println!("\n5. the broker writes the records but the connection drops before the acks arrive (lost acks)");
+    let (check, state) = round.run_with_lost_acks(&config).await?;
+    report(&check, &state);
+    explain_copies(&check);
     println!(
         "\nIdempotence makes one producer's retries safe. Making a read-process-write step atomic across topics is \
          the job of transactions."
@@ -115,40 +116,68 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Round<'_> {
-    /// Makes the next `count` Produce requests fail with retriable errors, each followed by one that succeeds.
-    fn inject_request_errors(&self, count: usize) {
-        let faults = [
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-        ];
-        let errors =
-            faults.iter().cycle().take(count).flat_map(|f| [*f, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR]).collect();
-        self.cluster.fail_requests(RDKafkaApiKey::Produce, errors);
+fn explain_copies(check: &OrderCheck) {
+    if check.keys.values().any(|k| !k.duplicated.is_empty()) {
+        println!(
+            "   The embedded broker checks sequence numbers only for transactional producers, so the retry was \
+             written twice.\n   Real Kafka drops a batch it already has from the same producer id and sequence: \
+             run against it to see that."
+        );
+    }
+}
+
+impl<'a> Round<'a> {
+    /// The same keys and count, for a round on another broker.
+    fn clone_keys(&self) -> Round<'a> {
+        Round { broker: self.broker, keys: self.keys.clone(), per_key: self.per_key }
     }
 
-    /// A fresh topic and a watched producer for `config`, with small batches so many requests are in flight.
+    /// A fresh topic and a watched producer for `config`, with small batches so many requests are in flight,
+    /// talking through `proxy` when there is one. A warm-up record goes first, so the producer has its id and
+    /// its connections before any fault starts.
     async fn prepare(
         &self,
         config: &ClientConfig,
+        proxy: Option<&FaultProxy>,
         tuning: &[(&str, &str)],
     ) -> anyhow::Result<(String, FutureProducer<Watch>, Watch)> {
         // A topic per round, so each round is read back on its own.
         let topic = kit::testing::unique("lesson09-numbered");
         self.broker.create_topic(&topic, 3).await?;
         let mut config = config.clone();
-        config.set("statistics.interval.ms", Watch::INTERVAL_MS).set("batch.num.messages", "4").set("linger.ms", "0");
+        config
+            .set("bootstrap.servers", self.broker.bootstrap_servers())
+            .set("statistics.interval.ms", Watch::INTERVAL_MS)
+            .set("batch.num.messages", "4")
+            .set("linger.ms", "0");
+        if let Some(proxy) = proxy {
+            config.set("bootstrap.servers", proxy.bootstrap_servers());
+        }
         for (key, value) in tuning {
             config.set(*key, *value);
         }
         let watch = Watch::default();
-        let producer = config.create_with_context(watch.clone())?;
+        let producer: FutureProducer<Watch> = config.create_with_context(watch.clone())?;
+        send_numbered(&producer, &topic, &numbered_sequence(&["warm-up"], 1)).await?;
         Ok((topic, producer, watch))
     }
 
-    async fn run(&self, label: &str, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
-        let (topic, producer, watch) = self.prepare(config, &[]).await?;
+    /// Every other Produce request (nine of them) is answered by the proxy with a retriable error.
+    async fn run_with_refusals(
+        &self,
+        label: &str,
+        config: &ClientConfig,
+    ) -> anyhow::Result<(OrderCheck, ProducerState)> {
+        let proxy = FaultProxy::start(self.broker.bootstrap_servers())?;
+        let (topic, producer, watch) = self.prepare(config, Some(&proxy), &[]).await?;
+        let faults = [
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ];
+        let errors: Vec<_> =
+            faults.iter().cycle().take(9).flat_map(|f| [*f, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR]).collect();
+        proxy.fail_produce_requests(&errors);
         let records = numbered_sequence(&self.keys, self.per_key);
         let progress = spinner(format!("sending {} numbered records ({label})", records.len()));
         send_numbered(&producer, &topic, &records).await?;
@@ -157,17 +186,18 @@ impl Round<'_> {
     }
 
     async fn run_with_outage(&self, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
-        let (topic, producer, watch) = self.prepare(config, &[]).await?;
+        let cluster: &EmbeddedCluster = self.broker.embedded_cluster().expect("an outage round runs in-process");
+        let (topic, producer, watch) = self.prepare(config, None, &[]).await?;
         let records = numbered_sequence(&self.keys, self.per_key);
         let (before, after) = records.split_at(records.len() / 2);
         send_numbered(&producer, &topic, before).await?;
         let progress = spinner(format!("broker 1 is down; {} records wait and retry", after.len()));
-        self.cluster.broker_down(1)?;
+        cluster.broker_down(1)?;
         let sending = send_numbered(&producer, &topic, after);
         let outage = async {
             wait_for(&watch, |s| s.brokers_up == 0).await;
             progress.set_message("broker 1 is back up");
-            self.cluster.broker_up(1)
+            cluster.broker_up(1)
         };
         let (sent, back) = futures::future::join(sending, outage).await;
         back?;
@@ -176,32 +206,44 @@ impl Round<'_> {
         self.read_back(&topic, records.len(), &watch).await
     }
 
-    async fn run_with_slow_acks(&self, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
-        // The producer waits 1 s for an ack; the broker answers after 1.5 s.
-        let (topic, producer, watch) =
-            self.prepare(config, &[("request.timeout.ms", "1000"), ("socket.timeout.ms", "1000")]).await?;
-        // One record first, while acks are fast: the producer gets its producer id before the acks slow down.
-        send_numbered(&producer, &topic, &numbered_sequence(&["warm-up"], 1)).await?;
+    async fn run_with_late_acks(&self, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
+        let proxy = FaultProxy::start(self.broker.bootstrap_servers())?;
+        // The producer waits 1 s for an ack; the proxy holds each one back for 1.5 s.
+        let (topic, producer, watch) = self
+            .prepare(config, Some(&proxy), &[("request.timeout.ms", "1000"), ("socket.timeout.ms", "1000")])
+            .await?;
         let records = numbered_sequence(&self.keys, self.per_key.min(10));
         let progress = spinner("acks take 1.5 s, the producer waits 1 s".to_string());
-        self.cluster.round_trip_time(1, Duration::from_millis(1500))?;
+        proxy.delay_produce_acks(Duration::from_millis(1500));
         let sending = send_numbered(&producer, &topic, &records);
         let slow = async {
             wait_for(&watch, |s| s.request_timeouts > 0).await;
             progress.set_message("acks are fast again");
-            self.cluster.round_trip_time(1, Duration::ZERO)
+            proxy.delay_produce_acks(Duration::ZERO);
         };
-        let (sent, fast) = futures::future::join(sending, slow).await;
-        fast?;
+        let (sent, ()) = futures::future::join(sending, slow).await;
         sent?;
         progress.finish_and_clear();
         self.read_back(&topic, records.len(), &watch).await
     }
 
+    async fn run_with_lost_acks(&self, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
+        let proxy = FaultProxy::start(self.broker.bootstrap_servers())?;
+        let (topic, producer, watch) = self.prepare(config, Some(&proxy), &[]).await?;
+        let records = numbered_sequence(&self.keys, self.per_key.min(10));
+        let progress = spinner("the acks of the next 3 requests are lost with their connection".to_string());
+        proxy.lose_produce_acks(3);
+        send_numbered(&producer, &topic, &records).await?;
+        progress.finish_and_clear();
+        println!("   ({} acks lost on the way)", proxy.stats().acks_lost);
+        self.read_back(&topic, records.len(), &watch).await
+    }
+
     async fn read_back(&self, topic: &str, sent: usize, watch: &Watch) -> anyhow::Result<(OrderCheck, ProducerState)> {
-        // The story's broker is in this process: what was written is readable within milliseconds. The bound
-        // only matters when records are missing, and then it is how long the story waits for them.
-        let mut read = read_topic(self.broker, topic, sent, Duration::from_secs(1)).await;
+        // What was written is readable within milliseconds; the bound only matters when records are missing,
+        // and then it is how long the story waits for them.
+        let within = if self.broker.embedded_cluster().is_some() { 1 } else { 5 };
+        let mut read = read_topic(self.broker, topic, sent + 1, Duration::from_secs(within)).await;
         read.retain(|r| r.key.as_deref() != Some("warm-up"));
         // Every round sends the same number of records per key.
         let per_key = (sent / self.keys.len()) as u32;
