@@ -84,6 +84,16 @@ impl Capability {
             Capability::FaultInjection => "fault injection (the in-process embedded broker)",
         }
     }
+
+    /// Where a test that needs this capability is graded, for the "not graded on this broker" report.
+    pub fn where_graded(self) -> &'static str {
+        match self {
+            Capability::FaultInjection => {
+                "run it on the embedded broker (leave KAFKA_BOOTSTRAP_SERVERS and WORKBOOK_BROKER unset)"
+            }
+            _ => "run it against real Kafka (KAFKA_BOOTSTRAP_SERVERS=… or WORKBOOK_BROKER=testcontainers)",
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

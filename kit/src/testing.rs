@@ -129,9 +129,9 @@ pub fn can_grade(broker: &Broker, capability: Capability, test: &str) -> bool {
         return true;
     }
     let line = format!(
-        "NOT GRADED ON THIS BROKER: `{test}` needs {} — run it against real Kafka \
-         (KAFKA_BOOTSTRAP_SERVERS=… or WORKBOOK_BROKER=testcontainers)\n",
-        capability.describe()
+        "NOT GRADED ON THIS BROKER: `{test}` needs {} — {}\n",
+        capability.describe(),
+        capability.where_graded()
     );
     // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, not this.
     let _ = std::io::stderr().write_all(line.as_bytes());
