@@ -201,14 +201,20 @@ fn relay(client: TcpStream, server: TcpStream, shared: &Arc<Shared>) -> io::Resu
         Arc::new(Connection { answers: Mutex::new(Answers { waiting: VecDeque::new(), client: client.try_clone()? }) });
     let (client_in, server_out) = (client.try_clone()?, server.try_clone()?);
     let (c, s) = (Arc::clone(&connection), Arc::clone(shared));
-    thread::spawn(move || {
-        let _ = relay_requests(client_in, server_out, &c, &s);
-    });
+    thread::spawn(move || report_end("request", relay_requests(client_in, server_out, &c, &s)));
     let s = Arc::clone(shared);
-    thread::spawn(move || {
-        let _ = relay_responses(server, client, &connection, &s);
-    });
+    thread::spawn(move || report_end("response", relay_responses(server, client, &connection, &s)));
     Ok(())
+}
+
+/// A connection ends when either side closes it, which is normal; a frame the proxy could not read is not, and
+/// is worth a warning, since the client then sees its connection drop for no reason of its own.
+fn report_end(side: &str, result: io::Result<()>) {
+    match result {
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => tracing::warn!("fault proxy: {side} side closed: {e}"),
+        Err(e) => tracing::debug!("fault proxy: {side} side closed: {e}"),
+        Ok(()) => {}
+    }
 }
 
 struct Connection {
@@ -258,21 +264,29 @@ fn relay_requests(
         };
         if header.api_key == API_PRODUCE {
             shared.produce_requests.fetch_add(1, Ordering::SeqCst);
-            let request = ProduceRequest::parse(&frame)?;
-            let error = shared.produce_errors.lock().unwrap().pop_front().filter(|code| *code != 0);
-            if let Some(code) = error {
-                shared.requests_failed.fetch_add(1, Ordering::SeqCst);
-                tracing::debug!("fault proxy: answered produce request {} with error {code}", header.correlation_id);
-                waiting.synthetic = Some(request.error_response(code));
-                let mut answers = connection.answers.lock().unwrap();
-                answers.waiting.push_back(waiting);
-                answers.send_ready_synthetic()?;
-                continue;
-            }
-            if request.acks == 0 {
-                // acks=0: the broker sends no answer, so none is waited for.
-                write_frame(&mut server, &frame)?;
-                continue;
+            // A request the proxy cannot read is still forwarded: only the faults need its contents.
+            let request = ProduceRequest::parse(&frame)
+                .inspect_err(|e| tracing::warn!("fault proxy: produce request v{}: {e}", header.api_version))
+                .ok();
+            if let Some(request) = &request {
+                let error = shared.produce_errors.lock().unwrap().pop_front().filter(|code| *code != 0);
+                if let Some(code) = error {
+                    shared.requests_failed.fetch_add(1, Ordering::SeqCst);
+                    tracing::debug!(
+                        "fault proxy: answered produce request {} with error {code}",
+                        request.correlation_id
+                    );
+                    waiting.synthetic = Some(request.error_response(code));
+                    let mut answers = connection.answers.lock().unwrap();
+                    answers.waiting.push_back(waiting);
+                    answers.send_ready_synthetic()?;
+                    continue;
+                }
+                if request.acks == 0 {
+                    // acks=0: the broker sends no answer, so none is waited for.
+                    write_frame(&mut server, &frame)?;
+                    continue;
+                }
             }
         }
         connection.answers.lock().unwrap().waiting.push_back(waiting);
