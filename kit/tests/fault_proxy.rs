@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use kit::FaultProxy;
 use kit::testing::{broker, read_topic, unique};
+use kit::{Broker, EmbeddedCluster, FaultProxy};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
 
@@ -58,6 +58,40 @@ async fn clients_keep_talking_through_the_proxy() {
     let mut values: Vec<_> = read.iter().filter_map(|r| r.payload.clone()).collect();
     values.sort();
     assert_eq!(values, ["1", "2", "3"], "written once each, read back from the broker directly");
+}
+
+#[tokio::test]
+async fn each_broker_of_a_cluster_gets_a_relay_of_its_own() {
+    // A private three-broker cluster: partition leaders spread over the brokers, so producing to every partition
+    // needs a connection to each, all of them through the proxy.
+    let cluster = Broker::from_embedded(EmbeddedCluster::start(3).unwrap());
+    let topic = unique("kit-proxy-cluster");
+    cluster.create_topic(&topic, 6).await.unwrap();
+    let proxy = FaultProxy::start(cluster.bootstrap_servers()).unwrap();
+    let producer: FutureProducer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", proxy.bootstrap_servers()).create().unwrap();
+
+    let metadata = producer.client().fetch_metadata(Some(&topic), Duration::from_secs(10)).unwrap();
+    let mut ports: Vec<i32> = metadata.brokers().iter().map(|b| b.port()).collect();
+    assert!(metadata.brokers().iter().all(|b| b.host() == "127.0.0.1"));
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "three brokers, three relays: {:?}", metadata.brokers().len());
+    let leaders: std::collections::BTreeSet<i32> =
+        metadata.topics()[0].partitions().iter().map(|p| p.leader()).collect();
+    drop(metadata);
+    assert!(leaders.len() > 1, "the partitions' leaders are spread over the brokers: {leaders:?}");
+
+    for partition in 0..6 {
+        producer
+            .send(FutureRecord::<str, str>::to(&topic).partition(partition).payload("x"), Duration::from_secs(20))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let stats = proxy.stats();
+    assert!(stats.connections >= 1 + leaders.len() as u64, "bootstrap plus one per leader: {stats:?}");
+    assert!(stats.produce_requests >= 6, "{stats:?}");
 }
 
 #[tokio::test]
