@@ -17,11 +17,11 @@
 //!   the broker: the situation in which a producer without idempotence reorders, and the broker must reject the
 //!   batch that skips ahead for an idempotent one to lose nothing.
 //!
-//! Metadata responses are parsed (header, throttle time, broker list; the rest is copied byte for byte), and so
-//! are Produce requests (topics and partitions, to answer them with an error). Responses go back in the order
-//! the requests came, the synthetic ones included, as a broker would send them. FindCoordinator answers are not rewritten:
-//! a group coordinator connection goes to the broker directly, which is fine for the producers this proxy is for.
-//! Blocking sockets on plain threads keep it independent of whichever async runtime the test uses.
+//! Metadata and FindCoordinator responses are parsed and their broker addresses rewritten the same way (a
+//! transactional producer or a group member learns its coordinator's address from FindCoordinator, and would
+//! otherwise go around the proxy from then on); the rest of each is copied byte for byte. Produce requests are
+//! parsed too (topics and partitions, to answer them with an error). Responses go back in the order the
+//! requests came, the synthetic ones included, as a broker would send them. Blocking sockets on plain threads keep it independent of whichever async runtime the test uses.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
@@ -36,9 +36,13 @@ use rdkafka::types::RDKafkaRespErr;
 /// Kafka API keys the proxy looks at (the protocol's numbering).
 const API_PRODUCE: i16 = 0;
 const API_METADATA: i16 = 3;
+const API_FIND_COORDINATOR: i16 = 10;
 /// Metadata responses switch to the compact ("flexible") encoding at version 9, Produce at version 9 too.
 const METADATA_FIRST_FLEXIBLE: i16 = 9;
 const PRODUCE_FIRST_FLEXIBLE: i16 = 9;
+/// FindCoordinator goes flexible at version 3 and answers for a list of keys from version 4.
+const FIND_COORDINATOR_FIRST_FLEXIBLE: i16 = 3;
+const FIND_COORDINATOR_FIRST_BATCHED: i16 = 4;
 /// A frame larger than this is not Kafka talking (the broker's own default limit is 100 MiB).
 const MAX_FRAME: usize = 128 * 1024 * 1024;
 
@@ -47,6 +51,7 @@ const MAX_FRAME: usize = 128 * 1024 * 1024;
 pub struct ProxyStats {
     pub connections: u64,
     pub metadata_rewritten: u64,
+    pub coordinators_rewritten: u64,
     pub produce_requests: u64,
     pub acks_lost: u64,
     pub acks_delayed: u64,
@@ -71,6 +76,7 @@ struct Shared {
     closed: AtomicBool,
     connections: AtomicU64,
     metadata_rewritten: AtomicU64,
+    coordinators_rewritten: AtomicU64,
     produce_requests: AtomicU64,
     acks_lost: AtomicU64,
     acks_delayed: AtomicU64,
@@ -96,6 +102,7 @@ impl FaultProxy {
             closed: AtomicBool::new(false),
             connections: AtomicU64::new(0),
             metadata_rewritten: AtomicU64::new(0),
+            coordinators_rewritten: AtomicU64::new(0),
             produce_requests: AtomicU64::new(0),
             acks_lost: AtomicU64::new(0),
             acks_delayed: AtomicU64::new(0),
@@ -133,6 +140,7 @@ impl FaultProxy {
         ProxyStats {
             connections: s.connections.load(Ordering::SeqCst),
             metadata_rewritten: s.metadata_rewritten.load(Ordering::SeqCst),
+            coordinators_rewritten: s.coordinators_rewritten.load(Ordering::SeqCst),
             produce_requests: s.produce_requests.load(Ordering::SeqCst),
             acks_lost: s.acks_lost.load(Ordering::SeqCst),
             acks_delayed: s.acks_delayed.load(Ordering::SeqCst),
@@ -335,6 +343,12 @@ fn relay_responses(
                     rewrite_metadata(&frame, version, |host, port| listener_for(shared, &format!("{host}:{port}")))?;
                 shared.metadata_rewritten.fetch_add(1, Ordering::SeqCst);
             }
+            Some((API_FIND_COORDINATOR, version)) => {
+                frame = rewrite_find_coordinator(&frame, version, |host, port| {
+                    listener_for(shared, &format!("{host}:{port}"))
+                })?;
+                shared.coordinators_rewritten.fetch_add(1, Ordering::SeqCst);
+            }
             _ => {}
         }
         let mut answers = connection.answers.lock().unwrap();
@@ -499,6 +513,65 @@ pub(crate) fn rewrite_metadata(
         if flexible {
             cursor.copy_tagged_fields(&mut out)?;
         }
+    }
+    out.extend_from_slice(cursor.rest());
+    Ok(out)
+}
+
+/// Rewrites the coordinator address(es) of a FindCoordinator response the way [`rewrite_metadata`] rewrites
+/// brokers. An error answer (no coordinator yet: empty host, port -1) is left as it is.
+pub(crate) fn rewrite_find_coordinator(
+    frame: &[u8],
+    version: i16,
+    mut relay_port: impl FnMut(&str, i32) -> io::Result<u16>,
+) -> io::Result<Vec<u8>> {
+    let flexible = version >= FIND_COORDINATOR_FIRST_FLEXIBLE;
+    let mut cursor = Cursor::new(frame);
+    let mut out = Vec::with_capacity(frame.len() + 32);
+    out.extend_from_slice(cursor.take(4)?); // correlation id
+    if flexible {
+        cursor.copy_tagged_fields(&mut out)?;
+    }
+    if version >= 1 {
+        out.extend_from_slice(cursor.take(4)?); // throttle_time_ms
+    }
+    // node_id, host and port, rewritten unless the answer carries no coordinator.
+    let mut address = |cursor: &mut Cursor, out: &mut Vec<u8>| -> io::Result<()> {
+        out.extend_from_slice(cursor.take(4)?); // node_id
+        let host = cursor.string(flexible)?;
+        let port = cursor.i32()?;
+        match host {
+            Some(host) if !host.is_empty() && port >= 0 => {
+                let local = relay_port(&host, port)?;
+                put_string(out, Some("127.0.0.1"), flexible);
+                out.extend_from_slice(&i32::from(local).to_be_bytes());
+            }
+            host => {
+                put_string(out, host.as_deref(), flexible);
+                out.extend_from_slice(&port.to_be_bytes());
+            }
+        }
+        Ok(())
+    };
+    if version >= FIND_COORDINATOR_FIRST_BATCHED {
+        let coordinators = cursor.compact_len()?;
+        put_len(&mut out, coordinators, true);
+        for _ in 0..coordinators.unwrap_or(0) {
+            let key = cursor.string(true)?;
+            put_string(&mut out, key.as_deref(), true);
+            address(&mut cursor, &mut out)?;
+            out.extend_from_slice(cursor.take(2)?); // error_code
+            let message = cursor.string(true)?;
+            put_string(&mut out, message.as_deref(), true);
+            cursor.copy_tagged_fields(&mut out)?;
+        }
+    } else {
+        out.extend_from_slice(cursor.take(2)?); // error_code
+        if version >= 1 {
+            let message = cursor.string(flexible)?;
+            put_string(&mut out, message.as_deref(), flexible);
+        }
+        address(&mut cursor, &mut out)?;
     }
     out.extend_from_slice(cursor.rest());
     Ok(out)
@@ -682,6 +755,58 @@ mod tests {
             let expected =
                 metadata_frame(version, &[(1, "127.0.0.1", 40001, rack[0]), (2, "127.0.0.1", 40002, rack[1])]);
             assert_eq!(out, expected, "metadata v{version} rewritten, the rest copied unchanged");
+        }
+    }
+
+    /// A FindCoordinator response for `version` naming `host:port`, encoded by hand.
+    fn coordinator_frame(version: i16, host: &str, port: i32) -> Vec<u8> {
+        let flexible = version >= FIND_COORDINATOR_FIRST_FLEXIBLE;
+        let mut out = 9i32.to_be_bytes().to_vec();
+        if flexible {
+            put_uvarint(&mut out, 0);
+        }
+        if version >= 1 {
+            out.extend_from_slice(&0i32.to_be_bytes());
+        }
+        let address = |out: &mut Vec<u8>| {
+            out.extend_from_slice(&2i32.to_be_bytes());
+            put_string(out, Some(host), flexible);
+            out.extend_from_slice(&port.to_be_bytes());
+        };
+        if version >= FIND_COORDINATOR_FIRST_BATCHED {
+            put_len(&mut out, Some(1), true);
+            put_string(&mut out, Some("my-transactional-id"), true);
+            address(&mut out);
+            out.extend_from_slice(&0i16.to_be_bytes());
+            put_string(&mut out, None, true);
+            put_uvarint(&mut out, 0);
+        } else {
+            out.extend_from_slice(&0i16.to_be_bytes());
+            if version >= 1 {
+                put_string(&mut out, Some("ok"), flexible);
+            }
+            address(&mut out);
+        }
+        if flexible {
+            put_uvarint(&mut out, 0);
+        }
+        out
+    }
+
+    #[test]
+    fn coordinators_point_at_the_proxy_in_every_version() {
+        for version in [0, 1, 2, 3, 4, 6] {
+            let mut seen = Vec::new();
+            let out = rewrite_find_coordinator(&coordinator_frame(version, "kafka-b", 9093), version, |host, port| {
+                seen.push((host.to_string(), port));
+                Ok(40_002)
+            })
+            .unwrap();
+            assert_eq!(seen, [("kafka-b".to_string(), 9093)], "v{version}");
+            assert_eq!(out, coordinator_frame(version, "127.0.0.1", 40_002), "v{version}");
+            // No coordinator yet (an error answer): nothing to relay, the answer passes unchanged.
+            let none = coordinator_frame(version, "", -1);
+            assert_eq!(rewrite_find_coordinator(&none, version, |_, _| panic!("no relay")).unwrap(), none);
         }
     }
 

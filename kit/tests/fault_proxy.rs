@@ -95,6 +95,41 @@ async fn each_broker_of_a_cluster_gets_a_relay_of_its_own() {
 }
 
 #[tokio::test]
+async fn a_transactional_producer_reaches_its_coordinator_through_the_proxy() {
+    let broker = broker();
+    let topic = unique("kit-proxy-txn");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let proxy = FaultProxy::start(broker.bootstrap_servers()).unwrap();
+    let producer: FutureProducer = broker
+        .producer_config()
+        .set("bootstrap.servers", proxy.bootstrap_servers())
+        .set("transactional.id", unique("kit-proxy-txn"))
+        .create()
+        .unwrap();
+    // librdkafka's transactional calls block: off the async runtime's thread.
+    let producer = tokio::task::spawn_blocking(move || {
+        producer.init_transactions(Duration::from_secs(20)).expect("init_transactions");
+        producer.begin_transaction().expect("begin_transaction");
+        producer
+    })
+    .await
+    .unwrap();
+    send(&producer, &topic, "k", "in a transaction").await;
+    tokio::task::spawn_blocking(move || producer.commit_transaction(Duration::from_secs(20)).expect("commit"))
+        .await
+        .unwrap();
+
+    let stats = proxy.stats();
+    assert!(
+        stats.coordinators_rewritten >= 1,
+        "the transaction coordinator was looked up through the proxy: {stats:?}"
+    );
+    assert!(stats.produce_requests >= 1, "and the records still went through it: {stats:?}");
+    let read = read_topic(broker, &topic, 1, Duration::from_secs(10)).await;
+    assert_eq!(read.iter().filter(|r| r.payload.as_deref() == Some("in a transaction")).count(), 1);
+}
+
+#[tokio::test]
 async fn a_lost_ack_makes_a_producer_without_idempotence_write_twice() {
     let broker = broker();
     let topic = unique("kit-proxy-lost-ack");
