@@ -21,7 +21,8 @@
 //! transactional producer or a group member learns its coordinator's address from FindCoordinator, and would
 //! otherwise go around the proxy from then on); the rest of each is copied byte for byte. Produce requests are
 //! parsed too (topics and partitions, to answer them with an error). Responses go back in the order the
-//! requests came, the synthetic ones included, as a broker would send them. Blocking sockets on plain threads keep it independent of whichever async runtime the test uses.
+//! requests came, the synthetic ones included, as a broker would send them. Blocking sockets on plain threads
+//! keep it independent of whichever async runtime the test uses.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
