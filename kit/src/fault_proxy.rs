@@ -136,6 +136,24 @@ impl FaultProxy {
         self.shared.produce_errors.lock().unwrap().extend(errors.iter().map(|e| *e as i16));
     }
 
+    /// The refusals a cluster answers during a leader election or with a slow replica: `count` retriable errors
+    /// (not leader, timed out, not enough replicas, in turn), each followed by a request let through, so a failed
+    /// batch is retried while the next one, already in flight, succeeds.
+    pub fn fail_every_other_produce_request(&self, count: usize) {
+        let retriable = [
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ];
+        let errors: Vec<_> = retriable
+            .iter()
+            .cycle()
+            .take(count)
+            .flat_map(|e| [*e, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR])
+            .collect();
+        self.fail_produce_requests(&errors);
+    }
+
     pub fn stats(&self) -> ProxyStats {
         let s = &self.shared;
         ProxyStats {

@@ -18,7 +18,6 @@ use kit::testing::read_topic;
 use kit::{Broker, EmbeddedCluster, FaultProxy};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
-use rdkafka::types::RDKafkaRespErr;
 use solution_09::{
     OrderCheck, ProducerState, Watch, check_once_in_order, numbered_sequence, producer_config, send_numbered,
 };
@@ -170,14 +169,7 @@ impl<'a> Round<'a> {
     ) -> anyhow::Result<(OrderCheck, ProducerState)> {
         let proxy = FaultProxy::start(self.broker.bootstrap_servers())?;
         let (topic, producer, watch) = self.prepare(config, Some(&proxy), &[]).await?;
-        let faults = [
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-            RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-        ];
-        let errors: Vec<_> =
-            faults.iter().cycle().take(9).flat_map(|f| [*f, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR]).collect();
-        proxy.fail_produce_requests(&errors);
+        proxy.fail_every_other_produce_request(9);
         let records = numbered_sequence(&self.keys, self.per_key);
         let progress = spinner(format!("sending {} numbered records ({label})", records.len()));
         send_numbered(&producer, &topic, &records).await?;

@@ -15,7 +15,6 @@ use std::time::Duration;
 use kit::testing::{ReadRecord, broker, can_grade, read_topic, unique, wait_until};
 use kit::{Broker, Capability, EmbeddedCluster, FaultProxy};
 use rdkafka::producer::FutureProducer;
-use rdkafka::types::RDKafkaRespErr;
 use solution_09::{
     Delivery, Numbered, ProducerState, Watch, check_once_in_order, numbered_sequence, producer_config, send_numbered,
 };
@@ -192,14 +191,7 @@ async fn request_errors_are_retried_without_duplicates_or_reordering() {
     // Retriable errors a real cluster answers during a leader election or with a slow replica, every other
     // request: a failed batch is retried while the next one, already in flight, succeeds. Without idempotence
     // the retried batch lands after it (measured on the embedded broker: reordered in every trial).
-    let faults = [
-        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION,
-        RDKafkaRespErr::RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-        RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-    ];
-    let errors: Vec<_> =
-        faults.iter().cycle().take(9).flat_map(|f| [*f, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR]).collect();
-    proxy.fail_produce_requests(&errors);
+    proxy.fail_every_other_produce_request(9);
 
     let per_key = 30;
     let records = numbered_sequence(KEYS, per_key);
