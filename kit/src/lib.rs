@@ -19,6 +19,7 @@
 //! - [`redis`]: which Redis holds derived state (`REDIS_URL`, a test container, or the local default), and
 //!   connecting to it with a clear "start Redis with …" message when it is absent.
 //! - [`redact`]: insta settings that hide what changes from run to run (offsets, timestamps, ids, ports).
+//! - [`story`]: the opening every lesson's runnable story shares (logs, the broker named, its topics created).
 //! - [`telemetry`]: tracing set-up for the runnable stories and tools.
 
 pub mod broker;
@@ -29,6 +30,7 @@ pub mod fault_proxy;
 pub mod publish;
 pub mod redact;
 pub mod redis;
+pub mod story;
 pub mod telemetry;
 pub mod testing;
 pub mod topics;

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use clap::Parser;
-use kit::Broker;
 use kit::topics::{TopicSpec, USER_EVENTS, USER_EVENTS_UNKEYED};
 use rdkafka::producer::FutureProducer;
 use lesson_03::{Keying, Placement, partition_counts, produce, producer_config};
@@ -26,13 +25,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let broker = Broker::resolve()?;
-    println!("broker: {}", broker.describe());
-    for topic in [USER_EVENTS, USER_EVENTS_UNKEYED] {
-        broker.create_topic_spec(&topic).await?;
-    }
+    let broker = kit::story::start(&[USER_EVENTS, USER_EVENTS_UNKEYED]).await?;
 
     let producer: FutureProducer = producer_config(&broker).create()?;
     let events = kit::events::live_events(args.count, args.users);

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::ProgressBar;
-use kit::Broker;
 use kit::publish::publish_events;
 use kit::topics::USER_EVENTS;
 use lesson_04::{Member, Received};
@@ -29,13 +28,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let broker = Broker::resolve()?;
-    println!("broker: {}", broker.describe());
     let topic = USER_EVENTS;
-    broker.create_topic_spec(&topic).await?;
-    println!("topic:  {} ({} partitions)\n", topic.name, topic.partitions);
+    let broker = kit::story::start(&[topic]).await?;
 
     // Fresh group names on every run, so no offsets committed by an earlier run decide where they start.
     let run = &Uuid::new_v4().simple().to_string()[..8];

@@ -36,12 +36,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let broker = Broker::resolve()?;
-    println!("broker: {}", broker.describe());
     let topic = USER_EVENTS;
-    broker.create_topic_spec(&topic).await?;
+    let broker = kit::story::start(&[topic]).await?;
     let all_partitions: Vec<i32> = (0..topic.partitions).collect();
     // Fresh group names on every run: a group's committed offsets outlive its consumers.
     let run = Uuid::new_v4().simple().to_string()[..8].to_string();

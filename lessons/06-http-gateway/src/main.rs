@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::ProgressBar;
-use kit::Broker;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use lesson_06::gateway::{Gateway, GatewaySettings};
@@ -37,12 +36,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let broker = Broker::resolve()?;
-    println!("broker:  {}", broker.describe());
     let topic = kit::topics::USER_EVENTS;
-    broker.create_topic_spec(&topic).await?;
+    let broker = kit::story::start(&[topic]).await?;
 
     let mut settings = GatewaySettings::new(topic.name);
     settings.buffer_capacity = args.buffer;

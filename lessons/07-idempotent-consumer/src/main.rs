@@ -37,16 +37,13 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let broker = Broker::resolve()?;
-    println!("broker: {}", broker.describe());
+    let topic = kit::topics::USER_EVENTS;
+    let broker = kit::story::start(&[topic]).await?;
     let redis = Redis::resolve()?;
     println!("redis:  {}", redis.describe());
     let connection = redis.connect().await?;
 
-    let topic = kit::topics::USER_EVENTS;
-    broker.create_topic_spec(&topic).await?;
     // The topic may hold earlier runs' events: this story reads only what it writes, from the current ends.
     let start = end_offsets(&broker, topic.name, topic.partitions)?;
 

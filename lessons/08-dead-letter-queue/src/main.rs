@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use kit::{Broker, UserEvent};
+use kit::UserEvent;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -45,13 +45,9 @@ impl Processor for FlakyStore {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let broker = Broker::resolve()?;
-    println!("broker: {}", broker.describe());
     let (topic, dlq) = (kit::topics::USER_EVENTS, kit::topics::USER_EVENTS_DLQ);
-    broker.create_topic_spec(&topic).await?;
-    broker.create_topic_spec(&dlq).await?;
+    let broker = kit::story::start(&[topic, dlq]).await?;
     // The topic may hold earlier runs' events: this story reads only what it writes, from the current ends.
     let probe: StreamConsumer = broker.consumer_base().set("group.id", "lesson08-probe").create()?;
     let mut start = TopicPartitionList::new();

@@ -44,10 +44,8 @@ struct Round<'a> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let resolved = Broker::resolve()?;
-    println!("broker: {}", resolved.describe());
+    let resolved = kit::story::start(&[]).await?;
     // Each round writes a topic of its own. Real Kafka and an embedded broker in this process create topics on
     // request; one hosted by another process (`cargo xtask lesson`) cannot, so the story hosts its own.
     let broker = if resolved.kind().is_real_kafka() || resolved.embedded_cluster().is_some() {

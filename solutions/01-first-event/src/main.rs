@@ -3,7 +3,7 @@
 //! Run it with `cargo xtask lesson 01` (your exercise) or `cargo xtask lesson 01 --solution`.
 
 use clap::Parser;
-use kit::{Broker, EventType};
+use kit::EventType;
 use rdkafka::producer::FutureProducer;
 use solution_01::{producer_config, send_event};
 
@@ -20,14 +20,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let broker = Broker::resolve()?;
-    println!("broker: {}", broker.describe());
-
     let topic = kit::topics::USER_EVENTS;
-    broker.create_topic_spec(&topic).await?;
-    println!("topic:  {} ({} partitions)\n", topic.name, topic.partitions);
+    let broker = kit::story::start(&[topic]).await?;
 
     let producer: FutureProducer = producer_config(broker.bootstrap_servers()).create()?;
     for event in kit::events::live_events(args.count, args.users) {

@@ -31,12 +31,9 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let broker = Broker::resolve()?;
-    println!("broker: {}", broker.describe());
     let topic = kit::topics::USER_EVENTS;
-    broker.create_topic_spec(&topic).await?;
+    let broker = kit::story::start(&[topic]).await?;
 
     if !args.no_produce {
         produce_samples(&broker, topic.name).await?;

@@ -7,7 +7,6 @@
 use std::time::Duration;
 
 use clap::Parser;
-use kit::Broker;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::FutureProducer;
 use lesson_08::{Until, consumer_config, replay};
@@ -31,10 +30,8 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    kit::telemetry::init();
     let args = Args::parse();
-    let broker = Broker::resolve()?;
-    println!("broker: {}", broker.describe());
+    let broker = kit::story::start(&[]).await?;
     let consumer: StreamConsumer = consumer_config(&broker, &args.group).create()?;
     consumer.subscribe(&[&args.dlq])?;
     let producer: FutureProducer = broker.producer_config().create()?;
