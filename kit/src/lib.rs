@@ -20,6 +20,7 @@
 //!   connecting to it with a clear "start Redis with …" message when it is absent.
 //! - [`redact`]: insta settings that hide what changes from run to run (offsets, timestamps, ids, ports).
 //! - [`story`]: the opening every lesson's runnable story shares (logs, the broker named, its topics created).
+//! - [`wait`]: waiting on a condition with a deadline, the one polling loop tests and stories share.
 //! - [`telemetry`]: tracing set-up for the runnable stories and tools.
 
 pub mod broker;
@@ -34,6 +35,7 @@ pub mod story;
 pub mod telemetry;
 pub mod testing;
 pub mod topics;
+pub mod wait;
 
 pub use broker::{Broker, BrokerError, BrokerKind, Capability};
 pub use embedded::EmbeddedCluster;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Write;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -39,14 +39,12 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling interval, bounded by the deadline
-    }
+    crate::wait::until(what, within, || {
+        let probed = probe();
+        async move { Ok(probed.await) }
+    })
+    .await
+    .unwrap_or_else(|timed_out| panic!("{timed_out}"))
 }
 
 /// One record as read back from a topic, in a form tests can compare and snapshot.

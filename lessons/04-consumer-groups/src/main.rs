@@ -6,7 +6,7 @@
 //! Run it with `cargo xtask lesson 04` (your exercise) or `cargo xtask lesson 04 --solution`.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use indicatif::ProgressBar;
@@ -94,11 +94,11 @@ fn seen(received: &[Received], ids: &BTreeSet<Uuid>) -> Vec<Received> {
 async fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
     let spinner = ProgressBar::new_spinner().with_message(format!("waiting for {what}"));
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        anyhow::ensure!(Instant::now() < deadline, "gave up after 30 s waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await; // polling interval of a deadline-bound wait
-    }
+    kit::wait::until(what, Duration::from_secs(30), || {
+        let holds = done().then_some(());
+        async move { Ok(holds) }
+    })
+    .await?;
     spinner.finish_and_clear();
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! Run it with `cargo xtask lesson 05` (your exercise) or `cargo xtask lesson 05 --solution`.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
 use kit::Broker;
@@ -190,11 +190,12 @@ async fn wait_for_commit(
     offset: Option<i64>,
 ) -> anyhow::Result<()> {
     let probe = consumer(broker, group, StartFrom::Earliest, Commits::AfterProcessing)?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while lag(&probe, topic, partition + 1)?.get(&partition).and_then(|l| l.committed) != offset {
-        anyhow::ensure!(Instant::now() < deadline, "auto-commit did not commit offset {} within 15 s", show(offset));
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling interval of a deadline-bound wait
-    }
+    let what = format!("auto-commit to commit offset {}", show(offset));
+    kit::wait::until(&what, Duration::from_secs(15), || {
+        let committed = lag(&probe, topic, partition + 1).map(|lags| lags.get(&partition).and_then(|l| l.committed));
+        async move { Ok(committed.map(|c| c == offset)?.then_some(())) }
+    })
+    .await?;
     close(probe).await;
     Ok(())
 }

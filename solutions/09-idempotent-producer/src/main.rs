@@ -185,9 +185,11 @@ impl<'a> Round<'a> {
         cluster.broker_down(1)?;
         let sending = send_numbered(&producer, &topic, after);
         let outage = async {
-            wait_for(&watch, |s| s.brokers_up == 0).await;
+            let noticed = wait_for(&watch, |s| s.brokers_up == 0).await;
+            // Back up whatever the wait found: a broker left down would fail the records still in flight.
             progress.set_message("broker 1 is back up");
-            cluster.broker_up(1)
+            cluster.broker_up(1)?;
+            noticed.map(|_| ())
         };
         let (sent, back) = futures::future::join(sending, outage).await;
         back?;
@@ -207,11 +209,13 @@ impl<'a> Round<'a> {
         proxy.delay_produce_acks(Duration::from_millis(1500));
         let sending = send_numbered(&producer, &topic, &records);
         let slow = async {
-            wait_for(&watch, |s| s.request_timeouts > 0).await;
+            let noticed = wait_for(&watch, |s| s.request_timeouts > 0).await;
             progress.set_message("acks are fast again");
             proxy.delay_produce_acks(Duration::ZERO);
+            noticed.map(|_| ())
         };
-        let (sent, ()) = futures::future::join(sending, slow).await;
+        let (sent, slow) = futures::future::join(sending, slow).await;
+        slow?;
         sent?;
         progress.finish_and_clear();
         self.read_back(&topic, records.len(), &watch).await
@@ -238,21 +242,22 @@ impl<'a> Round<'a> {
         // Every round sends the same number of records per key.
         let per_key = (sent / self.keys.len()) as u32;
         let check = check_once_in_order(&read, &self.keys, per_key);
-        let state = wait_for(watch, |_| true).await;
+        let state = wait_for(watch, |_| true).await?;
         Ok((check, state))
     }
 }
 
-/// Waits (bounded) for statistics that satisfy `accept`; the latest ones if the bound runs out.
-async fn wait_for(watch: &Watch, accept: impl Fn(&ProducerState) -> bool) -> ProducerState {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        match watch.state() {
-            Some(state) if accept(&state) || tokio::time::Instant::now() >= deadline => {
-                return state;
-            }
-            _ => tokio::time::sleep(Duration::from_millis(20)).await, // statistics arrive every 100 ms
-        }
+/// Waits (bounded: statistics arrive every 100 ms) for statistics that satisfy `accept`; the latest ones if the
+/// bound runs out, since the story goes on either way and prints what it saw.
+async fn wait_for(watch: &Watch, accept: impl Fn(&ProducerState) -> bool) -> anyhow::Result<ProducerState> {
+    let accepted = kit::wait::until("the producer's statistics", Duration::from_secs(5), || {
+        let state = watch.state().filter(|s| accept(s));
+        async move { Ok(state) }
+    })
+    .await;
+    match accepted {
+        Ok(state) => Ok(state),
+        Err(timed_out) => watch.state().ok_or(timed_out),
     }
 }
 
