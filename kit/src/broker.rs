@@ -3,8 +3,11 @@
 //! [`Broker::resolve`] looks in this order:
 //! 1. `KAFKA_BOOTSTRAP_SERVERS` — any real broker (docker compose, a cluster at work). It is checked for an
 //!    answer before a lesson starts, so a stopped broker is reported at once, with how to start one.
-//! 2. `WORKBOOK_BROKER=testcontainers` — a throw-away apache/kafka container (needs Docker).
-//! 3. otherwise the embedded mock cluster, started in this process: nothing to install.
+//! 2. `WORKBOOK_BROKER=kafka` — real Apache Kafka on this machine's JVM: the one `cargo xtask kafka --detach`
+//!    runs on 127.0.0.1:9092, started (and left running for the next tests) when none is (needs Java 17+ and
+//!    Maven; see [`crate::jvm_kafka`]).
+//! 3. `WORKBOOK_BROKER=testcontainers` — a throw-away apache/kafka container (needs Docker).
+//! 4. otherwise the embedded mock cluster, started in this process: nothing to install.
 //!
 //! The [`Broker`] says which kind it is ([`BrokerKind`]), because the mock cannot show everything real Kafka
 //! does (see [`Capability`]); tests ask before asserting such behaviour and report "not graded on this broker"
@@ -23,7 +26,8 @@ use crate::topics::TopicSpec;
 
 /// Names a real broker; set it to use one instead of the embedded mock.
 pub const BOOTSTRAP_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";
-/// `testcontainers` starts a Kafka container; `embedded` (the default) the in-process mock.
+/// `kafka` uses (or starts) Apache Kafka on the JVM; `testcontainers` starts a Kafka container; `embedded` (the
+/// default) the in-process mock.
 pub const BROKER_ENV: &str = "WORKBOOK_BROKER";
 /// Set by `cargo xtask lesson` / `cargo xtask broker` next to `KAFKA_BOOTSTRAP_SERVERS` when the address is an
 /// embedded mock hosted by another process, so clients are tuned for the mock.
@@ -33,8 +37,8 @@ pub const GROUP_PROTOCOL_ENV: &str = "WORKBOOK_GROUP_PROTOCOL";
 
 /// How to start a broker, for error messages.
 pub const HOW_TO_START: &str = "Unset KAFKA_BOOTSTRAP_SERVERS to use the embedded broker, run `cargo xtask broker` \
-     in another terminal (embedded, on 127.0.0.1:9092), or start real Kafka with `cargo xtask up` \
-     (docker compose) and set KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092.";
+     in another terminal (embedded, on 127.0.0.1:9092), or start real Kafka with `cargo xtask kafka --detach` \
+     (on the JVM, no Docker) or `cargo xtask up` (docker compose) and set KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -45,6 +49,8 @@ pub enum BrokerKind {
     External,
     /// An apache/kafka container started for this run.
     Testcontainers,
+    /// Apache Kafka on this machine's JVM (`WORKBOOK_BROKER=kafka`, `cargo xtask kafka`).
+    Jvm,
 }
 
 impl BrokerKind {
@@ -70,6 +76,9 @@ pub enum Capability {
     /// Injecting request errors, broker outages and slow responses from inside the broker: only the in-process
     /// mock can. Lost and late acks can be injected in front of any broker with [`crate::FaultProxy`].
     FaultInjection,
+    /// A private cluster whose broker a test may take down and bring back ([`crate::outage::OutageCluster`]):
+    /// an in-process mock next to the embedded broker, Apache Kafka on the JVM next to real Kafka.
+    BrokerOutage,
 }
 
 impl Capability {
@@ -82,6 +91,7 @@ impl Capability {
             }
             Capability::AdminTopics => "the CreateTopics admin API",
             Capability::FaultInjection => "fault injection (the in-process embedded broker)",
+            Capability::BrokerOutage => "a private cluster to take down (in-process, or Kafka on this machine's JVM)",
         }
     }
 
@@ -91,7 +101,12 @@ impl Capability {
             Capability::FaultInjection => {
                 "run it on the embedded broker (leave KAFKA_BOOTSTRAP_SERVERS and WORKBOOK_BROKER unset)"
             }
-            _ => "run it against real Kafka (KAFKA_BOOTSTRAP_SERVERS=… or WORKBOOK_BROKER=testcontainers)",
+            Capability::BrokerOutage => {
+                "run it on the embedded broker, or install Java 17+ and Maven so real Kafka runs on the JVM"
+            }
+            _ => {
+                "run it against real Kafka (WORKBOOK_BROKER=kafka, KAFKA_BOOTSTRAP_SERVERS=… or WORKBOOK_BROKER=testcontainers)"
+            }
         }
     }
 }
@@ -124,17 +139,37 @@ impl Broker {
             return Ok(Broker::connect(kind, bootstrap, BOOTSTRAP_ENV.to_string())?);
         }
         match std::env::var(BROKER_ENV).as_deref() {
+            Ok("kafka") => Broker::jvm(),
             Ok("testcontainers") => crate::containers::kafka(),
             Ok("embedded") | Ok("") | Err(_) => Broker::embedded(),
-            Ok(other) => {
-                anyhow::bail!("{BROKER_ENV}={other:?} is not a broker source: use `embedded` or `testcontainers`")
-            }
+            Ok(other) => anyhow::bail!(
+                "{BROKER_ENV}={other:?} is not a broker source: use `embedded`, `kafka` or `testcontainers`"
+            ),
         }
     }
 
     /// Starts an embedded mock cluster (one broker) in this process.
     pub fn embedded() -> anyhow::Result<Broker> {
         Ok(Broker::from_embedded(EmbeddedCluster::start(1)?))
+    }
+
+    /// Apache Kafka on the JVM on 127.0.0.1:9092: the cluster `cargo xtask kafka --detach` runs, started
+    /// detached when none is running (so the next test binaries reuse it).
+    pub fn jvm() -> anyhow::Result<Broker> {
+        let port = 9092;
+        let reused = crate::jvm_kafka::find_detached(port).is_some();
+        let cluster = crate::jvm_kafka::ensure_detached(port, &|step| eprintln!("WORKBOOK_BROKER=kafka: {step}…"))?;
+        let origin = if reused {
+            "WORKBOOK_BROKER=kafka, the cluster `cargo xtask kafka --detach` runs".to_string()
+        } else {
+            eprintln!(
+                "WORKBOOK_BROKER=kafka: Apache Kafka {} is up at {}; it keeps running for the next tests \
+                 (`cargo xtask kafka --stop` stops it)",
+                cluster.version, cluster.bootstrap_servers
+            );
+            "WORKBOOK_BROKER=kafka, started for this run and left running".to_string()
+        };
+        Ok(Broker::connect(BrokerKind::Jvm, cluster.bootstrap_servers, origin)?)
     }
 
     /// Wraps a cluster this process hosts.
@@ -173,6 +208,7 @@ impl Broker {
             BrokerKind::Embedded => "embedded mock cluster (librdkafka)",
             BrokerKind::External => "Kafka",
             BrokerKind::Testcontainers => "Kafka in a test container",
+            BrokerKind::Jvm => "Apache Kafka on this machine's JVM",
         };
         format!("{what} at {} — {}", self.bootstrap_servers, self.origin)
     }
@@ -181,6 +217,7 @@ impl Broker {
     pub fn supports(&self, capability: Capability) -> bool {
         match capability {
             Capability::FaultInjection => self.embedded.is_some(),
+            Capability::BrokerOutage => crate::outage::supported(self),
             Capability::ReadCommittedHidesAborted
             | Capability::TransactionalOffsetCommits
             | Capability::IdempotentSequenceChecks
@@ -214,7 +251,7 @@ impl Broker {
             // KIP-848's `consumer` protocol (the default on Kafka 4.0+) rebalanced in 3 s in every trial.
             BrokerKind::Embedded => "consumer".into(),
             // `classic` works on every Kafka version a learner may point us at.
-            BrokerKind::External | BrokerKind::Testcontainers => "classic".into(),
+            BrokerKind::External | BrokerKind::Testcontainers | BrokerKind::Jvm => "classic".into(),
         });
         config.set("group.protocol", &protocol);
         if protocol == "classic" {

@@ -10,6 +10,9 @@
 //!   injection, and can publish it on a fixed address such as `127.0.0.1:9092` for other processes.
 //! - [`fault_proxy`]: a Kafka-aware TCP proxy that loses or delays Produce acks in front of any broker, real Kafka
 //!   included, for the behaviours that only real Kafka gets right under faults (lesson 09's lost ack).
+//! - [`jvm_kafka`]: real Apache Kafka on this machine's JVM (jars from Maven Central, no Docker), for
+//!   `cargo xtask kafka` and `WORKBOOK_BROKER=kafka`; also private clusters a test can crash brokers of.
+//! - [`outage`]: a private one-broker cluster a test takes down and brings back, on every broker kind.
 //! - [`topics`]: the manifest of the workbook's named topics (partitions, retention, compression), read by the
 //!   lessons' runnable stories and by `cargo xtask broker` / `cargo xtask topics`.
 //! - [`events`]: the user-activity event the lessons produce and consume, and a deterministic sample generator.
@@ -28,6 +31,8 @@ pub mod containers;
 pub mod embedded;
 pub mod events;
 pub mod fault_proxy;
+pub mod jvm_kafka;
+pub mod outage;
 pub mod publish;
 pub mod redact;
 pub mod redis;

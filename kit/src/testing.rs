@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -110,6 +111,11 @@ pub async fn read_topic(broker: &Broker, topic: &str, expected: usize, within: D
                     })
                     .unwrap_or_default(),
             }),
+            // A broker that is down (a test killed it) is reported as an error, but the client carries on with
+            // the others: only other errors end the read.
+            Ok(Some(Err(KafkaError::MessageConsumption(
+                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+            )))) => continue,
             Ok(Some(Err(e))) => panic!("reading {topic}: {e}"),
             Ok(None) | Err(_) => break,
         }

@@ -172,6 +172,20 @@ mod tests {
     }
 
     #[test]
+    fn the_jvm_broker_of_xtask_kafka_runs_with_the_compose_settings() {
+        // kit::jvm_kafka's single-broker settings are the source; here each must appear in the compose file as
+        // Docker's apache/kafka image spells it (`offsets.topic.replication.factor` → KAFKA_OFFSETS_TOPIC_…).
+        let env = kafka_env(&compose_file());
+        for (key, value) in kit::jvm_kafka::single_broker_settings() {
+            let name = format!("KAFKA_{}", key.replace('.', "_").to_uppercase());
+            assert_eq!(env.get(&name), Some(&value), "{name} in docker-compose.yml, as `{key}` for xtask kafka");
+        }
+        let compose = compose_file();
+        let image = compose["services"]["kafka"]["image"].as_str().unwrap();
+        assert_eq!(image, format!("apache/kafka:{}", kit::jvm_kafka::KAFKA_VERSION), "the same Kafka version");
+    }
+
+    #[test]
     fn every_service_has_a_healthcheck_and_ports_only_on_loopback() {
         let compose = compose_file();
         let services = compose["services"].as_mapping().unwrap();

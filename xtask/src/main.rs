@@ -9,6 +9,7 @@ mod catalog;
 mod compose;
 mod exercise;
 mod grade;
+mod kafka;
 mod learner;
 mod lesson;
 mod progress;
@@ -59,6 +60,25 @@ enum Command {
         serve: bool,
         #[arg(long, default_value_t = 3000)]
         port: u16,
+    },
+    /// Run real Apache Kafka on this machine's JVM (no Docker; needs Java 17+ and Maven) until Ctrl-C.
+    Kafka {
+        /// Brokers: 1 (broker and controller in one process), or 3 for replication and failover (each broker
+        /// on its own port from --port up, plus a controller).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=9))]
+        brokers: u16,
+        /// The first broker's port (the others follow; the controller listens 1000 above).
+        #[arg(long, default_value_t = 9092)]
+        port: u16,
+        /// The Apache Kafka version (4.0.0 or later), resolved from Maven Central once and cached.
+        #[arg(long, default_value = kit::jvm_kafka::KAFKA_VERSION)]
+        version: String,
+        /// Start it in the background and return once it answers.
+        #[arg(long, conflicts_with = "stop")]
+        detach: bool,
+        /// Stop what `--detach` started (on --port) and delete its data.
+        #[arg(long)]
+        stop: bool,
     },
     /// Start real Kafka, Kafka UI, Redis and RabbitMQ (docker compose) and wait until Kafka answers.
     Up,
@@ -125,6 +145,9 @@ fn main() -> anyhow::Result<()> {
         Command::Broker { host, port } => broker::run(&host, port),
         Command::Sync { lesson, check } => sync::run(lesson, check),
         Command::Book { serve, port } => book::run(serve, port),
+        Command::Kafka { brokers, port, version, detach, stop } => {
+            kafka::run(kafka::Options { brokers, port, version, detach, stop })
+        }
         Command::Up => compose::up(),
         Command::Down => compose::down(),
         Command::Topics { bootstrap } => compose::topics(bootstrap),

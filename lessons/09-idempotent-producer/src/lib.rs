@@ -127,6 +127,33 @@ pub async fn send_numbered<C: ClientContext + 'static>(
 }
 // ANCHOR_END: send_numbered
 
+/// The key of the records [`warm_up`] writes; readers leave them out.
+pub const WARM_UP_KEY: &str = "warm-up";
+
+// ANCHOR: warm_up
+/// Writes one record to each of `partitions` partitions of `topic` before any fault is injected, so the
+/// producer has its id, its connections, and a sequence number the broker has stored for every partition.
+///
+/// The last part matters on real Kafka: a broker that holds no state for a producer on a partition accepts the
+/// producer's first batch there *at any sequence number* (its state may have been removed by retention). If that
+/// first batch is refused and the next one, already in flight, is accepted, the retried first batch then comes
+/// "before" what the broker has and is rejected — and a producer that has just started can lose it without an
+/// error. A warmed-up producer is checked batch by batch from the start.
+pub async fn warm_up<C: ClientContext + 'static>(
+    producer: &FutureProducer<C>,
+    topic: &str,
+    partitions: i32,
+) -> anyhow::Result<()> {
+    for partition in 0..partitions {
+        producer
+            .send(FutureRecord::to(topic).partition(partition).key(WARM_UP_KEY).payload("{}"), QUEUE_TIMEOUT)
+            .await
+            .map_err(|(error, _)| anyhow::anyhow!("the warm-up record for partition {partition}: {error}"))?;
+    }
+    Ok(())
+}
+// ANCHOR_END: warm_up
+
 /// What a reader found for one key: how many records, and what was wrong with them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct KeyReport {

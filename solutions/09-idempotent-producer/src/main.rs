@@ -19,7 +19,8 @@ use kit::{Broker, EmbeddedCluster, FaultProxy};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use solution_09::{
-    OrderCheck, ProducerState, Watch, check_once_in_order, numbered_sequence, producer_config, send_numbered,
+    OrderCheck, ProducerState, WARM_UP_KEY, Watch, check_once_in_order, numbered_sequence, producer_config,
+    send_numbered, warm_up,
 };
 
 /// Send numbered records through injected faults and check that each arrives once, in order.
@@ -130,8 +131,8 @@ impl<'a> Round<'a> {
     }
 
     /// A fresh topic and a watched producer for `config`, with small batches so many requests are in flight,
-    /// talking through `proxy` when there is one. A warm-up record goes first, so the producer has its id and
-    /// its connections before any fault starts.
+    /// talking through `proxy` when there is one. A warm-up record goes to every partition first (see
+    /// `warm_up`), so the producer has its id, its connections and its sequence numbers before any fault starts.
     async fn prepare(
         &self,
         config: &ClientConfig,
@@ -155,7 +156,7 @@ impl<'a> Round<'a> {
         }
         let watch = Watch::default();
         let producer: FutureProducer<Watch> = config.create_with_context(watch.clone())?;
-        send_numbered(&producer, &topic, &numbered_sequence(&["warm-up"], 1)).await?;
+        warm_up(&producer, &topic, 3).await?;
         Ok((topic, producer, watch))
     }
 
@@ -238,7 +239,7 @@ impl<'a> Round<'a> {
         // and then it is how long the story waits for them.
         let within = if self.broker.embedded_cluster().is_some() { 1 } else { 5 };
         let mut read = read_topic(self.broker, topic, sent + 1, Duration::from_secs(within)).await;
-        read.retain(|r| r.key.as_deref() != Some("warm-up"));
+        read.retain(|r| r.key.as_deref() != Some(WARM_UP_KEY));
         // Every round sends the same number of records per key.
         let per_key = (sent / self.keys.len()) as u32;
         let check = check_once_in_order(&read, &self.keys, per_key);

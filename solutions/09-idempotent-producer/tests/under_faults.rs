@@ -6,17 +6,20 @@
 //! producer and whichever broker the tests run against, real Kafka included: that is where "nothing lost" and
 //! "a retried batch is written once" are graded in full, since the embedded broker does not check an
 //! idempotent producer's sequence numbers. Each test has its own proxy, so its faults hit its producer only.
-//! A broker outage comes from inside the broker, which only the in-process embedded broker can do: that test
-//! starts a private cluster, so the outage never hits the other tests, which share `kit::testing::broker()`.
+//! A broker outage takes a whole broker down, so that test starts a private cluster (`kit::outage`), and the
+//! outage never hits the other tests, which share `kit::testing::broker()`: an in-process mock next to the
+//! embedded broker, Apache Kafka on this machine's JVM (killed and restarted on its data) next to real Kafka.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kit::outage::OutageCluster;
 use kit::testing::{ReadRecord, broker, can_grade, read_topic, unique, wait_until};
-use kit::{Broker, Capability, EmbeddedCluster, FaultProxy};
+use kit::{Capability, FaultProxy};
 use rdkafka::producer::FutureProducer;
 use solution_09::{
-    Delivery, Numbered, ProducerState, Watch, check_once_in_order, numbered_sequence, producer_config, send_numbered,
+    Delivery, Numbered, ProducerState, WARM_UP_KEY, Watch, check_once_in_order, numbered_sequence, producer_config,
+    send_numbered, warm_up,
 };
 
 const KEYS: &[&str] = &["user-1", "user-2", "user-3"];
@@ -64,18 +67,6 @@ fn assert_once_in_order(records: &[ReadRecord], per_key: u32, situation: &str) {
         assert_eq!(partitions.len(), 1, "{situation}: {key}'s records share one partition (got {partitions:?})");
         assert_eq!(seqs, &expected, "{situation}: {key}'s records arrive once each, 0..{per_key}, in order");
     }
-}
-
-/// A private embedded cluster with one topic, or `None` (reported) when this broker cannot inject faults.
-async fn fault_cluster(test: &str, partitions: i32) -> Option<(EmbeddedCluster, Broker, String)> {
-    if !can_grade(broker(), Capability::FaultInjection, test) {
-        return None;
-    }
-    let cluster = EmbeddedCluster::start(1).expect("a private embedded cluster");
-    let private = Broker::from_embedded(cluster.clone());
-    let topic = unique("lesson09-numbered");
-    private.create_topic(&topic, partitions).await.expect("topic");
-    Some((cluster, private, topic))
 }
 
 async fn state_when(watch: &Watch, what: &str, accept: impl Fn(&ProducerState) -> bool) -> ProducerState {
@@ -196,7 +187,7 @@ async fn request_errors_are_retried_without_duplicates_or_reordering() {
     let per_key = 30;
     let records = numbered_sequence(KEYS, per_key);
     // A missing record is waited for 5 s, the time the others take to arrive many times over.
-    let read = send_through_fault(&proxy, &topic, &producer, &records, async {}, Duration::from_secs(5)).await;
+    let read = send_through_fault(&proxy, &topic, &producer, 3, &records, async {}, Duration::from_secs(5)).await;
     assert_eq!(proxy.stats().requests_failed, 9, "nine requests were refused: {:?}", proxy.stats());
     let check = check_once_in_order(&read, KEYS, per_key);
     let by_key = sequences(&read);
@@ -224,39 +215,44 @@ async fn request_errors_are_retried_without_duplicates_or_reordering() {
 #[tokio::test]
 async fn a_broker_outage_is_ridden_out() {
     let test = "a_broker_outage_is_ridden_out";
-    let Some((cluster, private, topic)) = fault_cluster(test, 3).await else {
+    let Some(cluster) = OutageCluster::start(broker(), test).await else {
         return;
     };
+    let private = cluster.broker();
+    let topic = unique("lesson09-numbered");
+    private.create_topic(&topic, 3).await.expect("topic");
     let (producer, watch) = watched_producer(private.bootstrap_servers(), SMALL_BATCHES);
     let per_key = 20;
     let records = numbered_sequence(KEYS, per_key);
     let (before, after) = records.split_at(records.len() / 2);
     send_numbered(&producer, &topic, before).await.expect("the first half is delivered while the broker is up");
 
-    cluster.broker_down(1).unwrap();
+    cluster.broker_down().await.unwrap();
     let sending = send_numbered(&producer, &topic, after);
     let outage = async {
         // Bring the broker back only once the producer has noticed it is gone.
         state_when(&watch, "the producer to notice the outage", |s| s.brokers_up == 0).await;
-        cluster.broker_up(1).unwrap();
+        cluster.broker_up().await.unwrap();
     };
-    let (sent, ()) = tokio::time::timeout(Duration::from_secs(30), futures::future::join(sending, outage))
+    // A deadline, not a timing: a restarted JVM recovers its log, and the producer reconnects after a backoff.
+    let (sent, ()) = tokio::time::timeout(Duration::from_secs(60), futures::future::join(sending, outage))
         .await
-        .expect("the second half was not delivered within 30 s of the outage");
+        .expect("the second half was not delivered within 60 s of the outage");
     sent.expect("records sent during the outage are delivered when the broker is back");
 
-    let read = read_topic(&private, &topic, records.len(), Duration::from_secs(20)).await;
+    let read = read_topic(private, &topic, records.len(), Duration::from_secs(20)).await;
     assert_once_in_order(&read, per_key, "across a broker outage");
     let check = check_once_in_order(&read, KEYS, per_key);
     kit::redact::settings().bind(|| insta::assert_json_snapshot!("broker_outage", check));
 }
 
 /// Sends the numbered sequence through `proxy` while `fault` is under way, then reads the topic back from the
-/// broker itself. The warm-up record (sent before any fault) is left out of what is returned.
+/// broker itself. The warm-up records (one per partition, sent before any fault) are left out of what is returned.
 async fn send_through_fault(
     proxy: &FaultProxy,
     topic: &str,
     producer: &FutureProducer<Watch>,
+    partitions: i32,
     records: &[Numbered],
     fault: impl std::future::Future<Output = ()>,
     missing_wait: Duration,
@@ -266,10 +262,10 @@ async fn send_through_fault(
         .await
         .unwrap_or_else(|_| panic!("records were not delivered within 30 s of the fault ({:?})", proxy.stats()));
     sent.expect("every record is delivered in the end: the producer retries what it did not hear back about");
-    read_topic(broker(), topic, records.len() + 1, missing_wait)
+    read_topic(broker(), topic, records.len() + partitions as usize, missing_wait)
         .await
         .into_iter()
-        .filter(|r| r.key.as_deref() != Some("warm-up"))
+        .filter(|r| r.key.as_deref() != Some(WARM_UP_KEY))
         .collect()
 }
 
@@ -297,8 +293,8 @@ fn assert_retried_without_loss(read: &[ReadRecord], per_key: u32, test: &str, si
     }
 }
 
-/// A proxy in front of the shared broker and a fresh topic with a warm-up record already in, so
-/// the producer has its id and its connections before the fault starts. The faults happen in the proxy, so
+/// A proxy in front of the shared broker and a fresh topic with a warm-up record in each partition, so the
+/// producer has its id, its connections and its sequence numbers before the fault starts (see `warm_up`). The faults happen in the proxy, so
 /// they hit this test's producer only, on every kind of broker.
 async fn behind_a_proxy(
     prefix: &str,
@@ -309,7 +305,7 @@ async fn behind_a_proxy(
     broker().create_topic(&topic, partitions).await.expect("topic");
     let proxy = FaultProxy::start(broker().bootstrap_servers()).expect("fault proxy");
     let (producer, watch) = watched_producer(proxy.bootstrap_servers(), tuning);
-    send_numbered(&producer, &topic, &numbered_sequence(&["warm-up"], 1)).await.expect("warm-up record");
+    warm_up(&producer, &topic, partitions).await.expect("warm-up records");
     (proxy, topic, producer, watch)
 }
 
@@ -322,7 +318,7 @@ async fn a_lost_ack_is_retried_and_written_once() {
     // The broker writes the next three batches, but their acks never reach the producer: the connection drops
     // instead, as when a network path fails right after the broker answered.
     proxy.lose_produce_acks(3);
-    let read = send_through_fault(&proxy, &topic, &producer, &records, async {}, Duration::from_secs(20)).await;
+    let read = send_through_fault(&proxy, &topic, &producer, 1, &records, async {}, Duration::from_secs(20)).await;
     assert_eq!(proxy.stats().acks_lost, 3, "three acks were lost on the way: {:?}", proxy.stats());
     assert_retried_without_loss(&read, per_key, test, "after lost acks");
 }
@@ -341,7 +337,7 @@ async fn late_acks_are_retried_and_written_once() {
         state_when(&watch, "a request to time out", |s| s.request_timeouts > 0).await;
         proxy.delay_produce_acks(Duration::ZERO);
     };
-    let read = send_through_fault(&proxy, &topic, &producer, &records, slow_acks, Duration::from_secs(20)).await;
+    let read = send_through_fault(&proxy, &topic, &producer, 1, &records, slow_acks, Duration::from_secs(20)).await;
     assert!(proxy.stats().acks_delayed > 0, "{:?}", proxy.stats());
     assert_retried_without_loss(&read, per_key, test, "after late acks");
 }
