@@ -32,23 +32,28 @@ impl OutageCluster {
         if !crate::testing::can_grade(shared, Capability::BrokerOutage, test) {
             return None;
         }
-        if shared.kind() == BrokerKind::Embedded {
-            let cluster = EmbeddedCluster::start(1).expect("a private embedded cluster");
-            return Some(OutageCluster {
-                broker: Broker::from_embedded(cluster.clone()),
-                kind: Kind::Embedded(cluster),
-            });
+        Some(OutageCluster::next_to(shared).await.expect("a private cluster for an outage"))
+    }
+
+    /// A private cluster for a story: Apache Kafka on the JVM next to real Kafka when this machine can run it,
+    /// else an in-process mock.
+    pub async fn next_to(shared: &Broker) -> anyhow::Result<OutageCluster> {
+        if !(shared.kind().is_real_kafka() && jvm_kafka::available()) {
+            let cluster = EmbeddedCluster::start(1)?;
+            return Ok(OutageCluster { broker: Broker::from_embedded(cluster.clone()), kind: Kind::Embedded(cluster) });
         }
         let cluster = tokio::task::spawn_blocking(|| {
             JvmCluster::start(&Spec { port: None, ..Spec::default() }, &|step| tracing::info!("outage cluster: {step}"))
         })
-        .await
-        .expect("the JVM cluster's start did not panic")
-        .expect("a private Apache Kafka on the JVM");
+        .await??;
         let broker =
-            Broker::connect(BrokerKind::Jvm, cluster.bootstrap_servers(), "a private cluster for an outage".into())
-                .expect("the private cluster answers");
-        Some(OutageCluster { broker, kind: Kind::Jvm(Arc::new(Mutex::new(cluster))) })
+            Broker::connect(BrokerKind::Jvm, cluster.bootstrap_servers(), "a private cluster for an outage".into())?;
+        Ok(OutageCluster { broker, kind: Kind::Jvm(Arc::new(Mutex::new(cluster))) })
+    }
+
+    /// Apache Kafka on the JVM (true), or an in-process mock.
+    pub fn is_real_kafka(&self) -> bool {
+        matches!(self.kind, Kind::Jvm(_))
     }
 
     /// The private cluster, for clients and topic creation.

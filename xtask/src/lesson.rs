@@ -1,7 +1,8 @@
 //! `cargo xtask lesson NN [--solution] [-- ARGS]`: runs a lesson's story against a broker.
 //!
 //! The broker is, in order: `KAFKA_BOOTSTRAP_SERVERS` if set; a `cargo xtask broker` running on this machine;
-//! otherwise an embedded broker this command hosts for the run. The lesson binary gets its address in
+//! real Kafka that `cargo xtask kafka --detach` runs on 127.0.0.1:9092; `WORKBOOK_BROKER=kafka|testcontainers`
+//! (the story resolves those itself); otherwise an embedded broker this command hosts for the run. The lesson binary gets its address in
 //! `KAFKA_BOOTSTRAP_SERVERS` (plus `WORKBOOK_BROKER_KIND=embedded` for a mock, so clients are tuned for it).
 
 use std::process::ExitStatus;
@@ -25,6 +26,14 @@ pub fn run(nn: &str, solution: bool, args: &[String]) -> anyhow::Result<()> {
         println!("broker: embedded, hosted by `cargo xtask broker` at {running}");
         env.push((BOOTSTRAP_ENV, running));
         env.push((HOSTED_KIND_ENV, "embedded".into()));
+    } else if let Some(kafka) = kit::jvm_kafka::find_detached(9092) {
+        println!(
+            "broker: Apache Kafka {} at {}, run by `cargo xtask kafka --detach`",
+            kafka.version, kafka.bootstrap_servers
+        );
+        env.push((BOOTSTRAP_ENV, kafka.bootstrap_servers));
+    } else if std::env::var(kit::broker::BROKER_ENV).as_deref() == Ok("kafka") {
+        println!("broker: Apache Kafka on this machine's JVM (WORKBOOK_BROKER=kafka)");
     } else if std::env::var(kit::broker::BROKER_ENV).as_deref() == Ok("testcontainers") {
         println!("broker: a Kafka test container (WORKBOOK_BROKER=testcontainers)");
     } else {

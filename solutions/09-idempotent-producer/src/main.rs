@@ -4,8 +4,8 @@
 //!
 //! Refused requests and lost or late acks come from `kit::FaultProxy` between the producer and the resolved
 //! broker, whichever it is: run the story against real Kafka to see what the embedded broker cannot show. A
-//! broker outage needs a broker this process hosts; against real Kafka that round starts an embedded cluster of
-//! its own and says so. Each round writes a topic of its own, which the embedded broker `cargo xtask lesson`
+//! broker outage takes a whole broker down, so that round starts a private one (`kit::outage`): Apache Kafka on
+//! this machine's JVM next to real Kafka (killed, then restarted on its data), an in-process mock otherwise. Each round writes a topic of its own, which the embedded broker `cargo xtask lesson`
 //! hosts in its own process cannot create: then the whole story runs on an embedded broker in this process.
 //!
 //! Run it with `cargo xtask lesson 09` (your exercise) or `cargo xtask lesson 09 --solution`.
@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
+use kit::outage::OutageCluster;
 use kit::testing::read_topic;
-use kit::{Broker, EmbeddedCluster, FaultProxy};
+use kit::{Broker, FaultProxy};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use solution_09::{
@@ -85,17 +86,18 @@ async fn main() -> anyhow::Result<()> {
     report(&check, &state);
 
     println!("\n3. the broker goes down while records are in flight, and comes back");
-    let own;
-    let outage_round = match broker.embedded_cluster() {
-        Some(_) => Round { broker: &broker, ..round.clone_keys() },
-        None => {
-            own = Broker::embedded()?;
-            println!("   (an outage needs a broker hosted by this process: this round starts its own embedded one)");
-            Round { broker: &own, ..round.clone_keys() }
-        }
-    };
+    let cluster = OutageCluster::next_to(&broker).await?;
+    if cluster.is_real_kafka() {
+        println!(
+            "   (a private Apache Kafka on this machine's JVM for this round: it is killed, then restarted on its data)"
+        );
+    } else {
+        println!("   (a private embedded broker for this round, so the outage hits nothing else)");
+    }
+    let outage_round = Round { broker: cluster.broker(), ..round.clone_keys() };
     println!("   (librdkafka's connection errors below are the outage as the producer sees it)");
-    let (check, state) = outage_round.run_with_outage(&config).await?;
+    let (check, state) = outage_round.run_with_outage(&cluster, &config).await?;
+    drop(cluster);
     report(&check, &state);
 
     println!("\n4. the broker writes the records but its acks come too late (the producer times out)");
@@ -176,20 +178,23 @@ impl<'a> Round<'a> {
         self.read_back(&topic, records.len(), &watch).await
     }
 
-    async fn run_with_outage(&self, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
-        let cluster: &EmbeddedCluster = self.broker.embedded_cluster().expect("an outage round runs in-process");
+    async fn run_with_outage(
+        &self,
+        cluster: &OutageCluster,
+        config: &ClientConfig,
+    ) -> anyhow::Result<(OrderCheck, ProducerState)> {
         let (topic, producer, watch) = self.prepare(config, None, &[]).await?;
         let records = numbered_sequence(&self.keys, self.per_key);
         let (before, after) = records.split_at(records.len() / 2);
         send_numbered(&producer, &topic, before).await?;
         let progress = spinner(format!("broker 1 is down; {} records wait and retry", after.len()));
-        cluster.broker_down(1)?;
+        cluster.broker_down().await?;
         let sending = send_numbered(&producer, &topic, after);
         let outage = async {
             let noticed = wait_for(&watch, |s| s.brokers_up == 0).await;
             // Back up whatever the wait found: a broker left down would fail the records still in flight.
             progress.set_message("broker 1 is back up");
-            cluster.broker_up(1)?;
+            cluster.broker_up().await?;
             noticed.map(|_| ())
         };
         let (sent, back) = futures::future::join(sending, outage).await;
