@@ -326,12 +326,14 @@ async fn a_lost_ack_is_retried_and_written_once() {
 #[tokio::test]
 async fn late_acks_are_retried_and_written_once() {
     let test = "late_acks_are_retried_and_written_once";
-    // The producer gives up waiting for an ack after 1 s; the proxy holds every ack back for 1.5 s.
+    // The producer gives up waiting for an ack after 1 s; the proxy holds every ack back for 3 s. librdkafka scans
+    // for timed-out requests once a second, so an ack only a little late (1.5 s) sometimes slipped in before the
+    // scan under load and no request timed out; 3 s is late for any scan.
     let tuning = [("request.timeout.ms", "1000"), ("socket.timeout.ms", "1000"), ("linger.ms", "0")];
     let (proxy, topic, producer, watch) = behind_a_proxy("lesson09-late-ack", 1, &tuning).await;
     let per_key = 10;
     let records = numbered_sequence(KEYS, per_key);
-    proxy.delay_produce_acks(Duration::from_millis(1500));
+    proxy.delay_produce_acks(Duration::from_secs(3));
     let slow_acks = async {
         // The broker has written the records but its acks come too late: the producer times out and retries.
         state_when(&watch, "a request to time out", |s| s.request_timeouts > 0).await;

@@ -206,13 +206,14 @@ impl<'a> Round<'a> {
 
     async fn run_with_late_acks(&self, config: &ClientConfig) -> anyhow::Result<(OrderCheck, ProducerState)> {
         let proxy = FaultProxy::start(self.broker.bootstrap_servers())?;
-        // The producer waits 1 s for an ack; the proxy holds each one back for 1.5 s.
+        // The producer waits 1 s for an ack; the proxy holds each one back for 3 s. librdkafka looks for timed-out
+        // requests once a second, so an ack only a little late may still slip in before the check: 3 s never does.
         let (topic, producer, watch) = self
             .prepare(config, Some(&proxy), &[("request.timeout.ms", "1000"), ("socket.timeout.ms", "1000")])
             .await?;
         let records = numbered_sequence(&self.keys, self.per_key.min(10));
-        let progress = spinner("acks take 1.5 s, the producer waits 1 s".to_string());
-        proxy.delay_produce_acks(Duration::from_millis(1500));
+        let progress = spinner("acks take 3 s, the producer waits 1 s".to_string());
+        proxy.delay_produce_acks(Duration::from_secs(3));
         let sending = send_numbered(&producer, &topic, &records);
         let slow = async {
             let noticed = wait_for(&watch, |s| s.request_timeouts > 0).await;
