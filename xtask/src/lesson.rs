@@ -46,7 +46,8 @@ pub fn run(nn: &str, solution: bool, args: &[String]) -> anyhow::Result<()> {
     println!();
 
     let mut command = cargo::cargo();
-    command.args(["run", "--quiet", "--package", &package, "--"]).args(args);
+    // Not `--quiet`: the first run of a lesson compiles it, and cargo's progress says so.
+    command.args(["run", "--package", &package, "--"]).args(args);
     for (key, value) in &env {
         command.env(key, value);
     }
