@@ -104,11 +104,7 @@ impl Suite {
                 println!("{name:<50} {:>7.1}", took.as_secs_f64());
             }
             let average = lessons_total / per_lesson.len() as u32;
-            println!(
-                "{:<50} {:>7.1}",
-                "shared steps (sync, fmt, build, clippy, kit, grade, book)",
-                shared.as_secs_f64()
-            );
+            println!("{:<50} {:>7.1}", "shared steps (not one lesson's)", shared.as_secs_f64());
             println!(
                 "projection for 20 lessons: {:.0} s ({:.1} min) = shared {:.0} s + 20 × {:.0} s per lesson \
                  (shared steps grow too: build, clippy and grade cover every lesson)",
