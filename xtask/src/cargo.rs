@@ -45,11 +45,6 @@ impl TestRun {
         self.verdicts.len() - self.passed()
     }
 
-    /// Compiled, ran at least one test, and every test passed.
-    pub fn all_passed(&self) -> bool {
-        self.compiled && !self.verdicts.is_empty() && self.failed() == 0
-    }
-
     /// The first failure's message (libtest's `---- name stdout ----` block), shortened.
     pub fn first_failure(&self, max_lines: usize) -> String {
         if !self.compiled {
@@ -123,7 +118,7 @@ pub fn parse_verdicts(output: &str) -> Vec<TestVerdict> {
 }
 
 fn ungraded_log_path(package: &str) -> PathBuf {
-    let dir = catalog::root().join("target").join("workbook");
+    let dir = crate::scratch::workbook_dir();
     let _ = std::fs::create_dir_all(&dir);
     dir.join(format!("ungraded-{package}.jsonl"))
 }

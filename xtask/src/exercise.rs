@@ -1,13 +1,28 @@
 //! Turning a solution into an exercise: the functions marked `// EXERCISE:` lose their bodies.
 //!
-//! Rust source is only scanned, not parsed: the marker names the next `fn`, whose body runs from its first `{`
-//! to the matching `}`. The scanner skips strings, raw strings, chars and comments so braces inside them do not
-//! count. That is all the syntax an exercise body needs, and it keeps every other byte of the file as written
-//! (a parser-printer round trip would lose comments and layout).
+//! The file is parsed with syn (proc-macro2's `span-locations` gives every token its line and column), so a
+//! marked function is found by *position* — the first function after the marker — never by name: a file may
+//! hold two `owned` methods, or `fn` inside a string. Only the byte range of a marked body (`{` to `}`) and the
+//! marker's own lines are replaced; every other byte of the file stays as written (a parser-printer round trip
+//! would lose comments and layout).
+//!
+//! The same machinery writes the three forms a body takes: the exercise's `todo!()` (sync), a lazy answer, and
+//! the proofs' *dispatch*, which holds the solution, the `todo!()` and every lazy answer of a function and picks
+//! one at run time from `WORKBOOK_VARIANT` (see `test.rs`), so one build proves them all.
+
+use std::ops::Range;
+use std::str::FromStr;
 
 use anyhow::{Context, bail};
+use proc_macro2::{LineColumn, TokenStream, TokenTree};
+use quote::ToTokens;
+use syn::visit::Visit;
 
 const MARKER: &str = "// EXERCISE:";
+
+/// The variable a proof build reads to pick each marked function's body: `solution` (also the default),
+/// `todo`, or `lazy-K` (the K-th `[[lazy]]` of lesson.toml, counting from 1).
+pub const VARIANT_ENV: &str = "WORKBOOK_VARIANT";
 
 /// One marked function found in a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,13 +31,36 @@ pub struct Exercise {
     pub instruction: Vec<String>,
 }
 
+/// A marked function and where its pieces are in the file.
+struct Marked {
+    exercise: Exercise,
+    /// The marker's comment lines, newline included: removed from every generated form.
+    marker: Range<usize>,
+    /// From the body's `{` to just after its `}`.
+    body: Range<usize>,
+    /// The indentation of the line the body opens on.
+    indent: String,
+}
+
+/// A lazy answer aimed at one function: its variant name (`lazy-K`) and body.
+#[derive(Debug, Clone)]
+pub struct LazyArm {
+    pub variant: String,
+    pub function: String,
+    pub body: String,
+}
+
+/// The `todo!()` an exercise body ends with; its message starts `lesson NN:` (what the unsolved proof looks for).
+pub fn todo_macro(lesson_number: &str, function: &str) -> String {
+    format!(
+        "todo!(\"lesson {lesson_number}: write `{function}` (the TODO above says what it must do; \
+         `cargo xtask hint {lesson_number}` helps)\")"
+    )
+}
+
 /// The exercise version of `source`: markers removed, marked bodies replaced by a TODO and `todo!()`.
 pub fn make_exercise(source: &str, lesson_number: &str) -> anyhow::Result<(String, Vec<Exercise>)> {
-    let (unmarked, marked) = strip_markers(source)?;
-    let mut text = unmarked;
-    for exercise in marked.iter().rev() {
-        let (open, close) = body_range(&text, &exercise.function)?;
-        let indent = indent_of_line_at(&text, open);
+    rewrite(source, |exercise, _, indent| {
         let inner = format!("{indent}    ");
         let mut body = String::from("{\n");
         for (i, line) in exercise.instruction.iter().enumerate() {
@@ -30,174 +68,245 @@ pub fn make_exercise(source: &str, lesson_number: &str) -> anyhow::Result<(Strin
             body.push_str(format!("{inner}// {lead}{line}").trim_end());
             body.push('\n');
         }
-        body.push_str(&format!(
-            "{inner}todo!(\"lesson {lesson_number}: write `{}` (the TODO above says what it must do; \
-             `cargo xtask hint {lesson_number}` helps)\")\n{indent}}}",
-            exercise.function
-        ));
-        text.replace_range(open..=close, &body);
-    }
-    Ok((text, marked))
+        body.push_str(&format!("{inner}{}\n{indent}}}", todo_macro(lesson_number, &exercise.function)));
+        body
+    })
 }
 
-/// `source` with the markers removed and the body of `function` replaced by `{ new_body }` (lazy answers).
-pub fn with_body(source: &str, function: &str, new_body: &str) -> anyhow::Result<String> {
-    let (mut text, _) = strip_markers(source)?;
-    let (open, close) = body_range(&text, function)?;
-    let indent = indent_of_line_at(&text, open);
-    text.replace_range(open..=close, &format!("{{\n{indent}    {}\n{indent}}}", new_body.trim()));
+/// `source` with the markers removed and the body of the marked `function` replaced by `{ new_body }`; the
+/// other marked functions keep their solution. The flag says whether `function` is marked in this file.
+pub fn replace_body(source: &str, function: &str, new_body: &str) -> anyhow::Result<(String, bool)> {
+    let mut found = false;
+    let (text, _) = rewrite(source, |exercise, original, indent| {
+        if exercise.function != function {
+            return original.to_string();
+        }
+        found = true;
+        format!("{{\n{indent}    {}\n{indent}}}", new_body.trim())
+    })?;
+    Ok((text, found))
+}
+
+#[cfg(test)]
+fn with_body(source: &str, function: &str, new_body: &str) -> anyhow::Result<String> {
+    let (text, found) = replace_body(source, function, new_body)?;
+    anyhow::ensure!(found, "no marked function `{function}`");
     Ok(text)
 }
 
-/// Removes every marker block and returns the text with the marked functions' names and instructions.
-fn strip_markers(source: &str) -> anyhow::Result<(String, Vec<Exercise>)> {
-    let mut out = String::with_capacity(source.len());
-    let mut marked = Vec::new();
+/// `source` with markers removed and each marked body replaced by a dispatch on `WORKBOOK_VARIANT`: `todo` runs
+/// the exercise's `todo!()`, each `lazy-K` aimed at this function runs its lazy body, anything else (unset,
+/// `solution`) the solution's body. Returns the text and the lazy arms it placed (by variant).
+pub fn dispatch(source: &str, lesson_number: &str, lazy: &[LazyArm]) -> anyhow::Result<(String, Vec<String>)> {
+    let mut placed = Vec::new();
+    let (text, _) = rewrite(source, |exercise, original, indent| {
+        let arm = format!("{indent}        ");
+        let mut body = format!("{{\n{indent}    match ::std::env::var(\"{VARIANT_ENV}\").as_deref() {{\n");
+        body.push_str(&format!("{arm}Ok(\"todo\") => {},\n", todo_macro(lesson_number, &exercise.function)));
+        for answer in lazy.iter().filter(|a| a.function == exercise.function) {
+            placed.push(answer.variant.clone());
+            body.push_str(&format!(
+                "{arm}Ok(\"{}\") => {{\n{arm}    {}\n{arm}}}\n",
+                answer.variant,
+                answer.body.trim()
+            ));
+        }
+        body.push_str(&format!("{arm}_ => {original}\n{indent}    }}\n{indent}}}"));
+        body
+    })?;
+    Ok((text, placed))
+}
+
+/// Removes the markers and replaces each marked body (`{ … }`) by what `body_for(exercise, original body,
+/// indent)` returns. Returns the text and the exercises found, in file order.
+pub fn rewrite(
+    source: &str,
+    mut body_for: impl FnMut(&Exercise, &str, &str) -> String,
+) -> anyhow::Result<(String, Vec<Exercise>)> {
+    let marked = locate(source)?;
+    let mut edits: Vec<(Range<usize>, String)> = Vec::new();
+    for m in &marked {
+        edits.push((m.marker.clone(), String::new()));
+        edits.push((m.body.clone(), body_for(&m.exercise, &source[m.body.clone()], &m.indent)));
+    }
+    edits.sort_by_key(|(range, _)| std::cmp::Reverse(range.start));
+    let mut text = source.to_string();
+    for (range, replacement) in edits {
+        text.replace_range(range, &replacement);
+    }
+    Ok((text, marked.into_iter().map(|m| m.exercise).collect()))
+}
+
+/// Every marked function of `source`, in file order.
+fn locate(source: &str) -> anyhow::Result<Vec<Marked>> {
+    let lines = LineIndex::new(source);
+    let markers = marker_blocks(source)?;
+    if markers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let file = syn::parse_file(source).context("parsing the file as Rust")?;
+    let mut functions = Functions::default();
+    functions.visit_file(&file);
+    let mut found: Vec<Marked> = Vec::new();
+    for (range, instruction) in markers {
+        let function = functions
+            .all
+            .iter()
+            .map(|f| (lines.offset(f.start), f))
+            .filter(|(start, _)| *start >= range.end)
+            .min_by_key(|(start, _)| *start);
+        let Some((start, function)) = function else {
+            bail!("the `{MARKER}` marker on line {} is not followed by a function", lines.line_of(range.start));
+        };
+        // Only comments (anchors) and blank lines may sit between the marker and the function's first
+        // attribute or doc comment; anything else means the marker is not *right before* a function.
+        let between = &source[range.end..start];
+        if let Some(stray) = between.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("//")) {
+            bail!(
+                "the `{MARKER}` marker on line {} is not right before a function (found `{stray}` first)",
+                lines.line_of(range.start)
+            );
+        }
+        if found.iter().any(|m| m.body.start == lines.offset(function.open)) {
+            bail!("two `{MARKER}` markers before the function `{}`", function.name);
+        }
+        let open = lines.offset(function.open);
+        let close = lines.offset(function.close);
+        found.push(Marked {
+            exercise: Exercise { function: function.name.clone(), instruction },
+            marker: range,
+            body: open..close + 1,
+            indent: lines.indent_at(source, open),
+        });
+    }
+    Ok(found)
+}
+
+/// The marker blocks of `source`: the byte range of their lines and the instruction they carry. A marker is a
+/// line comment starting `// EXERCISE:`, continued by the plain `//` lines under it (not doc comments, not
+/// anchors). Text inside a string literal that looks like a marker is not one.
+fn marker_blocks(source: &str) -> anyhow::Result<Vec<(Range<usize>, Vec<String>)>> {
+    let literals = literal_ranges(source)?;
+    let mut blocks = Vec::new();
+    let mut offset = 0;
     let mut lines = source.split_inclusive('\n').peekable();
-    let mut pending: Option<Vec<String>> = None;
     while let Some(line) = lines.next() {
+        let start = offset;
+        offset += line.len();
         let trimmed = line.trim();
-        if let Some(first) = trimmed.strip_prefix(MARKER) {
-            let mut instruction = vec![first.trim().to_string()];
-            while let Some(next) = lines.peek() {
-                let t = next.trim();
-                if t.starts_with("//") && !t.starts_with("///") && !t.starts_with("//!") && !t.contains("ANCHOR") {
-                    instruction.push(t.trim_start_matches("//").trim().to_string());
-                    lines.next();
-                } else {
-                    break;
-                }
-            }
-            if pending.replace(instruction).is_some() {
-                bail!("two `{MARKER}` markers without a function between them");
-            }
+        let Some(first) = trimmed.strip_prefix(MARKER) else { continue };
+        if literals.iter().any(|l| l.contains(&start)) {
             continue;
         }
-        if let Some(instruction) = pending.take() {
-            if let Some(function) = fn_name(trimmed) {
-                marked.push(Exercise { function, instruction });
+        let mut instruction = vec![first.trim().to_string()];
+        while let Some(next) = lines.peek() {
+            let t = next.trim();
+            if t.starts_with("//") && !t.starts_with("///") && !t.starts_with("//!") && !t.contains("ANCHOR") {
+                instruction.push(t.trim_start_matches("//").trim().to_string());
+                offset += next.len();
+                lines.next();
             } else {
-                pending = Some(instruction); // doc comments, attributes and anchors may sit in between
+                break;
             }
         }
-        out.push_str(line);
+        blocks.push((start..offset, instruction));
     }
-    if pending.is_some() {
-        bail!("a `{MARKER}` marker is not followed by a function");
-    }
-    Ok((out, marked))
+    Ok(blocks)
 }
 
-/// The name of the function a line declares, if it declares one.
-fn fn_name(line: &str) -> Option<String> {
-    if line.starts_with("//") || line.starts_with('#') {
-        return None;
-    }
-    let mut words = line.split(|c: char| c.is_whitespace() || c == '(' || c == '<');
-    while let Some(word) = words.next() {
-        if word == "fn" {
-            return words.next().map(str::to_string).filter(|n| !n.is_empty());
-        }
-    }
-    None
-}
-
-/// Byte positions of the `{` and `}` around the body of `function`.
-fn body_range(text: &str, function: &str) -> anyhow::Result<(usize, usize)> {
-    let mut offset = 0;
-    let start = text
-        .split_inclusive('\n')
-        .find_map(|line| {
-            let at = offset;
-            offset += line.len();
-            (fn_name(line.trim()).as_deref() == Some(function)).then_some(at)
-        })
-        .with_context(|| format!("no function `{function}`"))?;
-    let open = scan(text, start, |c| c == '{').with_context(|| format!("`{function}` has no body"))?;
-    let mut depth = 0usize;
-    let close = scan(text, open, |c| {
-        match c {
-            '{' => depth += 1,
-            '}' => depth -= 1,
-            _ => {}
-        }
-        depth == 0
-    })
-    .with_context(|| format!("the body of `{function}` is not closed"))?;
-    Ok((open, close))
-}
-
-/// Position of the first code character from `from` (outside comments, strings and chars) where `hit` says yes.
-fn scan(text: &str, from: usize, mut hit: impl FnMut(char) -> bool) -> Option<usize> {
-    let bytes = text.as_bytes();
-    let mut i = from;
-    while i < bytes.len() {
-        let rest = &text[i..];
-        if rest.starts_with("//") {
-            i += rest.find('\n').unwrap_or(rest.len());
-        } else if rest.starts_with("/*") {
-            let mut depth = 0;
-            let mut j = i;
-            while j < bytes.len() {
-                if text[j..].starts_with("/*") {
-                    depth += 1;
-                    j += 2;
-                } else if text[j..].starts_with("*/") {
-                    depth -= 1;
-                    j += 2;
-                    if depth == 0 {
-                        break;
-                    }
-                } else {
-                    j += 1;
+/// Byte ranges of every literal token (strings, chars, numbers) in `source`.
+fn literal_ranges(source: &str) -> anyhow::Result<Vec<Range<usize>>> {
+    fn collect(stream: TokenStream, lines: &LineIndex, out: &mut Vec<Range<usize>>) {
+        for tree in stream {
+            match tree {
+                TokenTree::Literal(literal) => {
+                    let span = literal.span();
+                    out.push(lines.offset(span.start())..lines.offset(span.end()));
                 }
+                TokenTree::Group(group) => collect(group.stream(), lines, out),
+                _ => {}
             }
-            i = j;
-        } else if let Some(len) = raw_string_len(rest) {
-            i += len;
-        } else if rest.starts_with('"') || rest.starts_with("b\"") {
-            let mut j = i + rest.find('"').unwrap() + 1;
-            while j < bytes.len() && bytes[j] != b'"' {
-                j += if bytes[j] == b'\\' { 2 } else { 1 };
-            }
-            i = j + 1;
-        } else if rest.starts_with('\'') {
-            i += char_literal_len(rest).unwrap_or(1); // a lifetime's quote is just skipped
-        } else {
-            let c = rest.chars().next().unwrap();
-            if hit(c) {
-                return Some(i);
-            }
-            i += c.len_utf8();
         }
     }
-    None
+    let lines = LineIndex::new(source);
+    let stream = TokenStream::from_str(source).map_err(|e| anyhow::anyhow!("lexing the file: {e}"))?;
+    let mut out = Vec::new();
+    collect(stream, &lines, &mut out);
+    Ok(out)
 }
 
-/// Length of a raw string literal (`r"…"`, `r#"…"#`, `br#"…"#`) at the start of `rest`.
-fn raw_string_len(rest: &str) -> Option<usize> {
-    let after_prefix = rest.strip_prefix("br").or_else(|| rest.strip_prefix('r'))?;
-    let hashes = after_prefix.bytes().take_while(|&b| b == b'#').count();
-    let body = after_prefix[hashes..].strip_prefix('"')?;
-    let closing = format!("\"{}", "#".repeat(hashes));
-    let end = body.find(&closing)?;
-    Some(rest.len() - body.len() + end + closing.len())
+/// A function with a body, as the parser saw it.
+struct FoundFn {
+    name: String,
+    /// Its first token: the first attribute or doc comment, else `pub`/`async`/`fn`.
+    start: LineColumn,
+    open: LineColumn,
+    close: LineColumn,
 }
 
-/// Length of a char literal (`'x'`, `'\n'`, `'\u{1F600}'`) at the start of `rest`; `None` for a lifetime.
-fn char_literal_len(rest: &str) -> Option<usize> {
-    let mut chars = rest.char_indices().skip(1);
-    let (_, first) = chars.next()?;
-    if first == '\\' {
-        return rest[2..].find('\'').map(|p| p + 3);
+/// Collects every function with a body: free functions, methods, trait defaults, nested ones.
+#[derive(Default)]
+struct Functions {
+    all: Vec<FoundFn>,
+}
+
+impl Functions {
+    fn add(&mut self, item: &impl ToTokens, name: &syn::Ident, block: &syn::Block) {
+        let Some(first) = item.to_token_stream().into_iter().next() else { return };
+        self.all.push(FoundFn {
+            name: name.to_string(),
+            start: first.span().start(),
+            open: block.brace_token.span.open().start(),
+            close: block.brace_token.span.close().start(),
+        });
     }
-    let (at, second) = chars.next()?;
-    (second == '\'').then_some(at + 1)
 }
 
-fn indent_of_line_at(text: &str, pos: usize) -> String {
-    let line_start = text[..pos].rfind('\n').map_or(0, |p| p + 1);
-    text[line_start..].chars().take_while(|c| *c == ' ').collect()
+impl<'ast> Visit<'ast> for Functions {
+    fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
+        self.add(item, &item.sig.ident, &item.block);
+        syn::visit::visit_item_fn(self, item);
+    }
+
+    fn visit_impl_item_fn(&mut self, item: &'ast syn::ImplItemFn) {
+        self.add(item, &item.sig.ident, &item.block);
+        syn::visit::visit_impl_item_fn(self, item);
+    }
+
+    fn visit_trait_item_fn(&mut self, item: &'ast syn::TraitItemFn) {
+        if let Some(block) = &item.default {
+            self.add(item, &item.sig.ident, block);
+        }
+        syn::visit::visit_trait_item_fn(self, item);
+    }
+}
+
+/// Line starts of a text, to turn proc-macro2's line (from 1) and column (in chars, from 0) into byte offsets.
+struct LineIndex<'a> {
+    text: &'a str,
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect();
+        LineIndex { text, starts }
+    }
+
+    fn offset(&self, at: LineColumn) -> usize {
+        let start = self.starts.get(at.line.saturating_sub(1)).copied().unwrap_or(self.text.len());
+        let line = &self.text[start..];
+        start + line.char_indices().nth(at.column).map_or(line.len(), |(i, _)| i)
+    }
+
+    fn line_of(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&s| s <= offset)
+    }
+
+    fn indent_at(&self, text: &str, offset: usize) -> String {
+        let start = self.starts[self.line_of(offset) - 1];
+        text[start..].chars().take_while(|c| *c == ' ').collect()
+    }
 }
 
 #[cfg(test)]
@@ -253,6 +362,77 @@ pub fn untouched<'a>(s: &'a str) -> &'a str {
     #[test]
     fn a_marker_without_a_function_is_an_error() {
         assert!(make_exercise("// EXERCISE: nothing follows\n", "01").is_err());
+        assert!(make_exercise("// EXERCISE: a struct first\npub struct S;\npub fn f() {}\n", "01").is_err());
         assert!(with_body(SOLUTION, "missing", "0").is_err());
+    }
+
+    /// Two methods share a name with the marked one's neighbours: the marker's position decides.
+    const SAME_NAMES: &str = "pub struct A;
+impl A {
+    pub fn owned(&self) -> u8 {
+        1
+    }
+}
+
+pub struct B;
+impl B {
+    // EXERCISE: Return two.
+    pub fn owned(&self) -> u8 {
+        2
+    }
+}
+";
+
+    #[test]
+    fn the_function_after_the_marker_is_the_one_replaced_even_when_names_repeat() {
+        let (exercise, marked) = make_exercise(SAME_NAMES, "04").unwrap();
+        assert_eq!(marked.len(), 1);
+        assert!(exercise.contains("impl A {\n    pub fn owned(&self) -> u8 {\n        1\n    }"), "{exercise}");
+        assert!(
+            exercise.contains("impl B {\n    pub fn owned(&self) -> u8 {\n        // TODO(lesson 04): Return two.")
+        );
+        assert!(!exercise.contains("        2\n"));
+    }
+
+    #[test]
+    fn fn_inside_a_string_is_not_a_function() {
+        let source = "// EXERCISE: Greet.\npub fn greet() -> &'static str {\n    \"fn fake() { }\"\n}\n\
+                      pub const S: &str = \"\n// EXERCISE: not a marker, a string\n\";\n";
+        let (exercise, marked) = make_exercise(source, "01").unwrap();
+        assert_eq!(marked.len(), 1);
+        assert_eq!(marked[0].function, "greet");
+        assert!(!exercise.contains("fn fake"));
+        assert!(exercise.contains("// EXERCISE: not a marker, a string\n"), "the string is left alone");
+    }
+
+    #[test]
+    fn non_ascii_in_comments_and_strings_keeps_every_byte() {
+        let source = "/* Grüße — ünïcödé } { */\n// EXERCISE: Say héllo — politely.\n/// Ça va?\n\
+                      pub fn hello() -> String {\n    /* ☕ } */ \"héllo 👋\".to_string()\n}\n// fin ✓\n";
+        let (exercise, marked) = make_exercise(source, "02").unwrap();
+        assert_eq!(marked[0].instruction, ["Say héllo — politely."]);
+        assert!(exercise.starts_with("/* Grüße — ünïcödé } { */\n/// Ça va?\npub fn hello() -> String {\n"));
+        assert!(exercise.ends_with("\")\n}\n// fin ✓\n"), "{exercise}");
+        let lazy = with_body(source, "hello", "String::new()").unwrap();
+        assert_eq!(
+            lazy,
+            "/* Grüße — ünïcödé } { */\n/// Ça va?\npub fn hello() -> String {\n    String::new()\n}\n// fin ✓\n"
+        );
+    }
+
+    #[test]
+    fn a_dispatch_holds_every_variant_of_a_body() {
+        let lazy = [LazyArm { variant: "lazy-2".into(), function: "answer".into(), body: "0".into() }];
+        let (text, placed) = dispatch(SOLUTION, "07", &lazy).unwrap();
+        assert_eq!(placed, ["lazy-2"]);
+        assert!(text.contains("match ::std::env::var(\"WORKBOOK_VARIANT\").as_deref() {"), "{text}");
+        assert!(text.contains("Ok(\"todo\") => todo!(\"lesson 07: write `answer`"));
+        assert!(text.contains("Ok(\"lazy-2\") => {\n            0\n        }"));
+        assert!(
+            text.contains("_ => {\n    let s = \"a { brace in a string }\";"),
+            "the solution's body is the default"
+        );
+        assert!(!text.contains("EXERCISE"));
+        syn::parse_file(&text).expect("the dispatch is valid Rust");
     }
 }

@@ -1,7 +1,8 @@
-//! The learner's commands: `list`, `check NN`, `hint NN`, `watch` and `reset NN`.
+//! The learner's commands: `list`, `check NN`, `hint NN`, `watch` and `reset NN` (with `lesson NN`).
 //!
-//! A lesson is *solved* when every test of its exercise crate (`lesson-NN`) passes; nothing else is stored, so
-//! the status can never disagree with the tests. The *current* lesson is the first unsolved one, which is what
+//! A lesson is *solved* when every canonical test passes against the learner's `lessons/NN-slug/src` (grade.rs
+//! builds them together in a scratch crate under the target directory); nothing else is stored, so the status
+//! can never disagree with the tests. The *current* lesson is the first unsolved one, which is what
 //! `watch` follows, in the manner of rustlings' watch mode.
 
 use std::collections::BTreeMap;
@@ -9,20 +10,24 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use anyhow::bail;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::catalog::{self, Lesson};
 use crate::grade::{self, LessonGrade};
 use crate::progress::spinner;
 use crate::sync;
+use crate::test::RunSettings;
 
 /// Points are not a learner's concern; the grade module wants a scale.
 const POINTS: f64 = 10.0;
 
 /// Grades lesson `lesson`'s exercise.
-fn check_lesson(lesson: &Lesson) -> anyhow::Result<LessonGrade> {
-    grade::grade_lesson(lesson, &catalog::root().join("lessons"), POINTS)
+fn check_lesson(lesson: &Lesson, settings: &RunSettings) -> anyhow::Result<LessonGrade> {
+    grade::grade_lesson(lesson, &grade::Source::Dir(catalog::root().join("lessons")), POINTS, settings)
+}
+
+fn default_settings() -> RunSettings {
+    RunSettings { parallel: crate::runner::DEFAULT_PARALLEL, timeout: crate::runner::DEFAULT_TIMEOUT }
 }
 
 pub fn list() -> anyhow::Result<()> {
@@ -32,11 +37,12 @@ pub fn list() -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for lesson in &lessons {
         progress.set_message(lesson.label());
-        rows.push((lesson, check_lesson(lesson)?));
+        rows.push((lesson, check_lesson(lesson, &default_settings())?));
         progress.inc(1);
     }
     progress.finish_and_clear();
     let mut current_marked = false;
+    let width = rows.iter().map(|(l, _)| l.label().chars().count()).max().unwrap_or(0).min(LABEL_WIDTH);
     for (lesson, grade) in &rows {
         let marker = if !grade.solved && !current_marked {
             current_marked = true;
@@ -49,7 +55,7 @@ pub fn list() -> anyhow::Result<()> {
             (false, _) => "does not compile".to_string(),
             (true, false) => format!("unsolved ({}/{} tests pass)", grade.passed, grade.total),
         };
-        println!("{marker} {:<36} {status}", lesson.label());
+        println!("{marker} {:<width$}  {status}", grade::fit(&lesson.label(), width));
     }
     let solved = rows.iter().filter(|(_, g)| g.solved).count();
     println!("\n{} {solved}/{} lessons solved", bar(solved, rows.len(), 30), rows.len());
@@ -61,21 +67,25 @@ pub fn list() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The widest a lesson's label may be in `list`'s table; longer titles are cut short with `…`.
+const LABEL_WIDTH: usize = 48;
+
 /// `[#####-----]` with `done` of `total` filled.
 fn bar(done: usize, total: usize, width: usize) -> String {
     let filled = (done * width).checked_div(total).unwrap_or(0);
     format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
 }
 
-/// `cargo xtask check NN`: fails (non-zero exit) until the lesson is solved, so graders can run it as is.
-pub fn check(nn: &str) -> anyhow::Result<()> {
+/// `cargo xtask check NN`: exits with status 1 until the lesson is solved, so graders can run it as is. An
+/// unsolved lesson is an expected outcome, not an error: it gets the grade and a plain exit, no error chain.
+pub fn check(nn: &str, settings: &RunSettings) -> anyhow::Result<()> {
     let lesson = catalog::find(nn)?;
     let spinner = spinner(&format!("checking lesson {} (compiling and running its tests)", lesson.label()));
-    let grade = check_lesson(&lesson)?;
+    let grade = check_lesson(&lesson, settings)?;
     spinner.finish_and_clear();
     print_grade(&lesson, &grade);
     if !grade.solved {
-        bail!("lesson {} is not solved yet", lesson.number);
+        std::process::exit(1);
     }
     Ok(())
 }
@@ -125,7 +135,7 @@ pub fn hint(nn: &str) -> anyhow::Result<()> {
 }
 
 /// `cargo xtask reset NN`: writes the exercise afresh from the solution. The learner's files are kept in
-/// `target/workbook/reset/` first: a reset should never be the way work gets lost.
+/// `<target>/workbook/backups/` first: a reset should never be the way work gets lost.
 pub fn reset(nn: &str) -> anyhow::Result<()> {
     let lesson = catalog::find(nn)?;
     let dir = lesson.exercise_dir();
@@ -135,22 +145,13 @@ pub fn reset(nn: &str) -> anyhow::Result<()> {
         println!("lessons/{} is already as shipped; nothing to reset", lesson.dir_name);
         return Ok(());
     }
-    let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
-    let backup =
-        catalog::root().join("target").join("workbook").join("reset").join(format!("{}-{stamp}", lesson.dir_name));
-    copy_dir(&dir, &backup)?;
+    let backup = sync::backup(&lesson)?;
     sync::write(&dir, &files)?;
+    let mut state = sync::SyncState::load();
+    state.record(&lesson, &files);
+    state.save()?;
     println!("lessons/{} is reset ({} file(s) rewritten).", lesson.dir_name, changed.len());
     println!("Your previous files are in {}", backup.display());
-    Ok(())
-}
-
-fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
-    for file in files_under(from) {
-        let target = to.join(file.strip_prefix(from)?);
-        std::fs::create_dir_all(target.parent().expect("a file has a parent"))?;
-        std::fs::copy(&file, &target)?;
-    }
     Ok(())
 }
 
@@ -201,7 +202,7 @@ pub fn watch() -> anyhow::Result<()> {
         };
         clear_screen();
         let spinner = spinner(&format!("checking lesson {}", lesson.label()));
-        let grade = check_lesson(lesson)?;
+        let grade = check_lesson(lesson, &default_settings())?;
         spinner.finish_and_clear();
         if grade.solved {
             // Solved already (or just now): on to the next, at once.
@@ -245,8 +246,6 @@ mod tests {
         assert_eq!(snapshot(&dir), before, "nothing changed");
         std::fs::write(dir.join("src/lib.rs"), "done!").unwrap();
         assert_ne!(snapshot(&dir), before, "a save is seen");
-        copy_dir(&dir, &dir.join("copy")).unwrap();
-        assert_eq!(std::fs::read_to_string(dir.join("copy/src/lib.rs")).unwrap(), "done!");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

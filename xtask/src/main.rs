@@ -13,10 +13,15 @@ mod kafka;
 mod learner;
 mod lesson;
 mod progress;
+mod proofs;
+mod runner;
+mod scratch;
 mod sync;
 mod test;
 
-use clap::{Parser, Subcommand};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Chores of the Kafka workbook: run lessons, host a broker, grade, sync.")]
@@ -45,13 +50,17 @@ enum Command {
         #[arg(long, default_value_t = 9092)]
         port: u16,
     },
-    /// Regenerate the exercises in lessons/ from solutions/ (or check they are up to date).
+    /// Maintainers: regenerate the exercises in lessons/ from solutions/ (or check they are up to date).
+    /// Refuses to overwrite a lesson whose src/ was changed since it was generated (a learner's work).
     Sync {
         /// Only this lesson (e.g. 05).
         lesson: Option<String>,
         /// Write nothing; fail if any lesson is out of date.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "force")]
         check: bool,
+        /// Overwrite changed lessons too, after backing their files up (as `reset` does).
+        #[arg(long)]
+        force: bool,
     },
     /// Build the book (docs/ with mdbook/book.toml) with the pinned mdBook, failing on any warning.
     Book {
@@ -96,6 +105,8 @@ enum Command {
     Check {
         /// The lesson number, e.g. 05.
         lesson: String,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Print a lesson's hint.
     Hint {
@@ -120,12 +131,17 @@ enum Command {
         /// Grade the lesson crates in this directory (e.g. `solutions`) instead of `lessons`.
         #[arg(long, default_value = "lessons")]
         lessons_dir: std::path::PathBuf,
+        /// Grade the exercises as `sync` generates them, whatever lessons/ holds.
+        #[arg(long, conflicts_with = "lessons_dir")]
+        shipped: bool,
         /// Points per lesson.
         #[arg(long, default_value_t = 10.0)]
         points: f64,
         /// Fail unless every lesson comes out this way (for the workbook's own checks).
         #[arg(long, value_enum)]
         expect: Option<grade::Expectation>,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// The maintainers' suite: formatting, clippy, every test, and proof that each exercise grades.
     Test {
@@ -135,7 +151,33 @@ enum Command {
         /// Skip the lazy-answer proofs (the slowest part).
         #[arg(long)]
         skip_lazy: bool,
+        /// Only the lessons' proofs: skip the sync check, fmt, build, clippy, kit and xtask tests, grade, book.
+        #[arg(long)]
+        proofs_only: bool,
+        /// Also run each solution's tests against the Kafka at this address (e.g. 127.0.0.1:9092), as a step of
+        /// its own per lesson.
+        #[arg(long, value_name = "BOOTSTRAP")]
+        kafka: Option<String>,
+        #[command(flatten)]
+        run: RunArgs,
     },
+}
+
+/// How tests run (grading and the proofs): see runner.rs.
+#[derive(Args)]
+struct RunArgs {
+    /// How many tests run at once.
+    #[arg(long, default_value_t = runner::DEFAULT_PARALLEL)]
+    parallel: usize,
+    /// Seconds a test may run before it is killed and fails as "timed out".
+    #[arg(long, default_value_t = runner::DEFAULT_TIMEOUT.as_secs())]
+    test_timeout: u64,
+}
+
+impl RunArgs {
+    fn settings(&self) -> test::RunSettings {
+        test::RunSettings { parallel: self.parallel.max(1), timeout: Duration::from_secs(self.test_timeout) }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -143,7 +185,8 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Lesson { lesson, solution, args } => lesson::run(&lesson, solution, &args),
         Command::Broker { host, port } => broker::run(&host, port),
-        Command::Sync { lesson, check } => sync::run(lesson, check),
+        Command::Sync { lesson, check: true, .. } => sync::check(lesson),
+        Command::Sync { lesson, force, .. } => sync::run(lesson, force),
         Command::Book { serve, port } => book::run(serve, port),
         Command::Kafka { brokers, port, version, detach, stop } => {
             kafka::run(kafka::Options { brokers, port, version, detach, stop })
@@ -152,14 +195,17 @@ fn main() -> anyhow::Result<()> {
         Command::Down => compose::down(),
         Command::Topics { bootstrap } => compose::topics(bootstrap),
         Command::List => learner::list(),
-        Command::Check { lesson } => learner::check(&lesson),
+        Command::Check { lesson, run } => learner::check(&lesson, &run.settings()),
         Command::Hint { lesson } => learner::hint(&lesson),
         Command::Watch => learner::watch(),
         Command::Reset { lesson } => learner::reset(&lesson),
-        Command::Grade { json, junit, lessons_dir, points, expect } => {
+        Command::Grade { json, junit, lessons_dir, shipped, points, expect, run } => {
             let lessons_dir = if lessons_dir.is_absolute() { lessons_dir } else { catalog::root().join(lessons_dir) };
-            grade::run(grade::Options { json, junit, lessons_dir, points_per_lesson: points, expect })
+            let source = if shipped { grade::Source::Shipped } else { grade::Source::Dir(lessons_dir) };
+            grade::run(grade::Options { json, junit, source, points_per_lesson: points, expect, run: run.settings() })
         }
-        Command::Test { lesson, skip_lazy } => test::run(test::Options { lesson, skip_lazy }),
+        Command::Test { lesson, skip_lazy, proofs_only, kafka, run } => {
+            test::run(test::Options { lesson, skip_lazy, proofs_only, kafka, run: run.settings() })
+        }
     }
 }

@@ -1,4 +1,5 @@
-//! `cargo xtask sync [NN] [--check]`: writes each `lessons/NN-slug/` from `solutions/NN-slug/`.
+//! `cargo xtask sync [NN] [--check | --force]`: writes each `lessons/NN-slug/` from `solutions/NN-slug/`.
+//! A maintainers' command: learners never need it (`reset NN` restores one exercise, keeping a backup).
 //!
 //! What a lesson crate is, file by file:
 //! - `Cargo.toml`, `tests/**`, other files: copied, with the crate name rewritten (`solution-NN` → `lesson-NN`,
@@ -8,49 +9,173 @@
 //!   never copied.
 //!
 //! `--check` writes nothing and fails when any lesson differs from what sync would write.
+//!
+//! Sync never overwrites work: a lesson whose `src/` holds a file that is neither what sync would write now nor
+//! what it (or a passing `--check`) last saw there is a learner's, and is left alone with a message naming the
+//! files; `--force` backs those files up under `<target>/workbook/backups/` first, as `reset` does. What sync
+//! last saw is a digest per file in `<target>/workbook/sync-state.json`, outside the repository; without it
+//! (a fresh clone) only files equal to the new generation count as untouched, so a changed solution needs
+//! `--force` once there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use anyhow::{Context, bail};
 
 use crate::catalog::{self, Lesson};
-use crate::exercise;
+use crate::{exercise, scratch};
 
 /// Files of a generated lesson: path relative to the lesson dir → contents.
 pub type FileMap = BTreeMap<PathBuf, Vec<u8>>;
 
-pub fn run(only: Option<String>, check: bool) -> anyhow::Result<()> {
+/// `cargo xtask sync [NN] [--force]`.
+pub fn run(only: Option<String>, force: bool) -> anyhow::Result<()> {
+    let lessons = selected(only)?;
+    let mut state = SyncState::load();
+    let mut refused = Vec::new();
+    for lesson in &lessons {
+        let expected = generate(lesson)?;
+        let dir = lesson.exercise_dir();
+        let differences = compare(&dir, &expected)?;
+        if differences.is_empty() {
+            state.record(lesson, &expected);
+            continue;
+        }
+        let changed = learner_changes(lesson, &expected, &state)?;
+        if !changed.is_empty() {
+            if !force {
+                refused.push(format!("lessons/{}: {}", lesson.dir_name, changed.join(", ")));
+                continue;
+            }
+            let backup = backup(lesson)?;
+            println!("lessons/{}: your files are backed up in {}", lesson.dir_name, backup.display());
+        }
+        write(&dir, &expected)?;
+        state.record(lesson, &expected);
+        println!("synced lessons/{} ({} file(s) changed)", lesson.dir_name, differences.len());
+    }
+    state.save()?;
+    if !refused.is_empty() {
+        bail!(
+            "left alone, because their src/ was changed since it was generated (a learner's work?):\n  {}\n\
+             `cargo xtask sync --force` backs these files up and overwrites them; `cargo xtask reset NN` does it for \
+             one lesson",
+            refused.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask sync [NN] --check`: writes nothing to lessons/; fails if any lesson is out of date.
+pub fn check(only: Option<String>) -> anyhow::Result<()> {
     let whole_tree = only.is_none();
-    let lessons = match only {
-        Some(nn) => vec![catalog::find(&nn)?],
-        None => catalog::lessons()?,
-    };
+    let lessons = selected(only)?;
+    let mut state = SyncState::load();
     let mut stale = Vec::new();
     for lesson in &lessons {
         let expected = generate(lesson)?;
         let differences = compare(&lesson.exercise_dir(), &expected)?;
         if differences.is_empty() {
-            continue;
-        }
-        if check {
-            stale.push(format!("{}:\n  {}", lesson.dir_name, differences.join("\n  ")));
+            state.record(lesson, &expected);
         } else {
-            write(&lesson.exercise_dir(), &expected)?;
-            println!("synced lessons/{} ({} file(s) changed)", lesson.dir_name, differences.len());
+            stale.push(format!("{}:\n  {}", lesson.dir_name, differences.join("\n  ")));
         }
     }
-    if check {
-        // Orphans only make sense against every lesson, not one.
-        if let Some(orphans) = orphan_lessons(&lessons)?.filter(|_| whole_tree) {
-            stale.push(orphans);
-        }
-        if !stale.is_empty() {
-            bail!("generated lessons are out of date — run `cargo xtask sync`:\n{}", stale.join("\n"));
-        }
-        println!("lessons/ is in sync with solutions/ ({} lessons)", lessons.len());
+    // Orphans only make sense against every lesson, not one.
+    if let Some(orphans) = orphan_lessons(&lessons)?.filter(|_| whole_tree) {
+        stale.push(orphans);
     }
+    let _ = state.save();
+    if !stale.is_empty() {
+        bail!("generated lessons are out of date — run `cargo xtask sync`:\n{}", stale.join("\n"));
+    }
+    println!("lessons/ is in sync with solutions/ ({} lessons)", lessons.len());
     Ok(())
+}
+
+fn selected(only: Option<String>) -> anyhow::Result<Vec<Lesson>> {
+    match only {
+        Some(nn) => Ok(vec![catalog::find(&nn)?]),
+        None => catalog::lessons(),
+    }
+}
+
+/// The files of the lesson's `src/` that are a learner's work: neither what sync would write now nor what it
+/// last saw there.
+pub fn learner_changes(lesson: &Lesson, expected: &FileMap, state: &SyncState) -> anyhow::Result<Vec<String>> {
+    let dir = lesson.exercise_dir();
+    let mut changed = Vec::new();
+    for relative in source_files(&dir)?.into_iter().filter(|p| p.starts_with("src")) {
+        let bytes = std::fs::read(dir.join(&relative))?;
+        let untouched = expected.get(&relative) == Some(&bytes) || state.saw(lesson, &relative, &bytes);
+        if !untouched {
+            changed.push(relative.display().to_string());
+        }
+    }
+    Ok(changed)
+}
+
+/// Copies the lesson's files to `<target>/workbook/backups/NN-slug-SECONDS/` and returns that directory.
+pub fn backup(lesson: &Lesson) -> anyhow::Result<PathBuf> {
+    let dir = lesson.exercise_dir();
+    let stamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH)?.as_secs();
+    let backup = scratch::workbook_dir().join("backups").join(format!("{}-{stamp}", lesson.dir_name));
+    for relative in source_files(&dir)? {
+        let target = backup.join(&relative);
+        std::fs::create_dir_all(target.parent().expect("a file has a parent"))?;
+        std::fs::copy(dir.join(&relative), &target)?;
+    }
+    Ok(backup)
+}
+
+/// What sync last wrote or saw in sync, per lesson file: a digest of its bytes.
+#[derive(Default)]
+pub struct SyncState {
+    digests: BTreeMap<String, String>,
+}
+
+impl SyncState {
+    fn path() -> PathBuf {
+        scratch::workbook_dir().join("sync-state.json")
+    }
+
+    pub fn load() -> SyncState {
+        let digests = std::fs::read_to_string(Self::path())
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        SyncState { digests }
+    }
+
+    pub fn save(&self) -> anyhow::Result<()> {
+        std::fs::create_dir_all(scratch::workbook_dir())?;
+        std::fs::write(Self::path(), serde_json::to_string_pretty(&self.digests)?)?;
+        Ok(())
+    }
+
+    fn key(lesson: &Lesson, relative: &Path) -> String {
+        format!("{}/{}", lesson.dir_name, relative.display())
+    }
+
+    /// Remembers the lesson's `src/` files as `files` holds them.
+    pub fn record(&mut self, lesson: &Lesson, files: &FileMap) {
+        let prefix = format!("{}/", lesson.dir_name);
+        self.digests.retain(|k, _| !k.starts_with(&prefix));
+        for (relative, bytes) in files.iter().filter(|(p, _)| p.starts_with("src")) {
+            self.digests.insert(Self::key(lesson, relative), digest(bytes));
+        }
+    }
+
+    fn saw(&self, lesson: &Lesson, relative: &Path, bytes: &[u8]) -> bool {
+        self.digests.get(&Self::key(lesson, relative)) == Some(&digest(bytes))
+    }
+}
+
+/// FNV-1a, 64 bits: stable across Rust versions (unlike `DefaultHasher`), and plenty to tell edits apart.
+fn digest(bytes: &[u8]) -> String {
+    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3));
+    format!("{hash:016x}")
 }
 
 /// Every file `lessons/NN-slug/` should hold.
@@ -112,7 +237,7 @@ fn insert_allow(text: &str) -> String {
 }
 
 /// Files under `dir` a lesson is made of, relative to `dir`, sorted.
-fn source_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub fn source_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     walk(dir, dir, &mut out)?;
     out.retain(|p| p != Path::new("lesson.toml"));

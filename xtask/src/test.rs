@@ -1,22 +1,29 @@
-//! `cargo xtask test`: the maintainers' suite, the one command CI runs.
+//! `cargo xtask test`: the maintainers' suite, the one command CI runs. Learners need none of it (their
+//! commands are `lesson`, `check`, `list`, `watch`, `hint`, `reset`); it writes nothing to `lessons/` or
+//! `solutions/`, so running it loses no one's work.
 //!
 //! Steps, in order: generated lessons in sync; formatting; a build of everything; clippy with warnings denied;
-//! kit and xtask tests; then for every lesson: the solution passes all its tests, the shipped exercise compiles
-//! and *every* test fails on it, and each lazy answer from `lesson.toml` fails at least one test. Last, the book
-//! builds. A summary table follows, and the closing line `xtask: N passed, N failed` (one per step).
+//! kit and xtask tests; then for every lesson, from one build of a scratch crate (proofs.rs): the solution
+//! passes all its tests (and on real Kafka with `--kafka`), *every* test fails at the exercise's `todo!()`, and
+//! each lazy answer from `lesson.toml` fails at least one test. Then `grade` on the shipped exercises and on the
+//! solutions, and the book. A table of every step follows, one of the time each lesson costs with a projection
+//! for 20 lessons, and the closing line `xtask: N passed, N failed` (one per step).
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cargo::{self, TestRun};
 use crate::catalog::{self, Lesson};
-use crate::{exercise, sync};
+use crate::proofs::{self, ProofBuild};
+use crate::{exercise, grade, runner, scratch, sync};
 
 /// One row of the summary.
 struct Step {
     name: String,
+    /// The lesson the step proves, for the per-lesson times.
+    lesson: Option<String>,
     ok: bool,
     detail: String,
     took: Duration,
@@ -28,9 +35,27 @@ struct Suite {
 }
 
 impl Suite {
-    /// Runs `body` as a step with a spinner, records its verdict and prints it on one line.
+    /// Runs `body` as a step with a spinner, records its verdict and prints it.
     fn step(&mut self, name: impl Into<String>, body: impl FnOnce() -> anyhow::Result<String>) -> bool {
-        let name = name.into();
+        self.run_step(None, name.into(), body)
+    }
+
+    /// A step that belongs to `lesson`'s share of the time.
+    fn lesson_step(
+        &mut self,
+        lesson: &Lesson,
+        name: impl Into<String>,
+        body: impl FnOnce() -> anyhow::Result<String>,
+    ) -> bool {
+        self.run_step(Some(lesson.label()), name.into(), body)
+    }
+
+    fn run_step(
+        &mut self,
+        lesson: Option<String>,
+        name: String,
+        body: impl FnOnce() -> anyhow::Result<String>,
+    ) -> bool {
         let spinner = ProgressBar::new_spinner().with_message(name.clone());
         spinner.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap());
         spinner.enable_steady_tick(Duration::from_millis(200));
@@ -48,13 +73,53 @@ impl Suite {
             took.as_secs_f64(),
             if detail.is_empty() { String::new() } else { format!(": {}", first_line(&detail)) }
         );
-        if !ok && detail.contains('\n') {
-            for line in detail.lines().skip(1).take(40) {
-                println!("       {line}");
+        for line in detail.lines().skip(1).take(if ok { 20 } else { 60 }) {
+            println!("       {line}");
+        }
+        self.steps.push(Step { name, lesson, ok, detail, took });
+        ok
+    }
+
+    /// The step table, the per-lesson table and the projection for 20 lessons.
+    fn print_times(&self, total: Duration) {
+        println!("\n{:<78} {:>6} {:>7}", "step", "result", "seconds");
+        println!("{}", "-".repeat(93));
+        for step in &self.steps {
+            let name: String = step.name.chars().take(78).collect();
+            println!("{name:<78} {:>6} {:>7.1}", if step.ok { "ok" } else { "FAILED" }, step.took.as_secs_f64());
+        }
+        println!("{}", "-".repeat(93));
+        let mut per_lesson: BTreeMap<&str, Duration> = BTreeMap::new();
+        for step in &self.steps {
+            if let Some(lesson) = &step.lesson {
+                *per_lesson.entry(lesson).or_default() += step.took;
             }
         }
-        self.steps.push(Step { name, ok, detail, took });
-        ok
+        let lessons_total: Duration = per_lesson.values().sum();
+        // Grading runs every lesson's tests twice (shipped and solved): its time grows with the lessons too, so
+        // the projection counts it per lesson rather than as a fixed cost.
+        let grading: Duration = self.steps.iter().filter(|s| s.name.starts_with("grade:")).map(|s| s.took).sum();
+        let fixed = total.saturating_sub(lessons_total + grading);
+        if !per_lesson.is_empty() {
+            println!("\n{:<50} {:>7}", "lesson (its proofs)", "seconds");
+            for (lesson, took) in &per_lesson {
+                let name: String = lesson.chars().take(50).collect();
+                println!("{name:<50} {:>7.1}", took.as_secs_f64());
+            }
+            println!("{:<50} {:>7.1}", "grading (every lesson, shipped and solved)", grading.as_secs_f64());
+            println!("{:<50} {:>7.1}", "other shared steps", fixed.as_secs_f64());
+            let per_lesson_cost = (lessons_total + grading) / per_lesson.len() as u32;
+            let projected = fixed + per_lesson_cost * 20;
+            println!(
+                "projection for 20 lessons: {:.0} s ({:.1} min) = other shared steps {:.0} s + 20 × {:.0} s per \
+                 lesson (its proofs and its share of grading; build and clippy grow a little too)",
+                projected.as_secs_f64(),
+                projected.as_secs_f64() / 60.0,
+                fixed.as_secs_f64(),
+                per_lesson_cost.as_secs_f64()
+            );
+        }
+        println!("total {:.0} s", total.as_secs_f64());
     }
 }
 
@@ -65,6 +130,11 @@ fn first_line(s: &str) -> &str {
 pub struct Options {
     pub lesson: Option<String>,
     pub skip_lazy: bool,
+    /// Only the lessons' proofs: no sync check, fmt, build, clippy, kit/xtask tests, grade or book.
+    pub proofs_only: bool,
+    /// Also run each solution's tests against the Kafka at this address.
+    pub kafka: Option<String>,
+    pub run: RunSettings,
 }
 
 pub fn run(options: Options) -> anyhow::Result<()> {
@@ -75,75 +145,74 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     };
     let mut suite = Suite::default();
 
-    suite.step("generated lessons are in sync (sync --check)", || sync::run(None, true).map(|_| String::new()));
-    // The generated exercises are left out: their formatting follows from their solution's, and renaming the
-    // crate (`solution_NN` → `lesson_NN`) can move an import in rustfmt's sort order.
-    suite.step("formatting of kit, xtask and solutions (cargo fmt --check)", || {
-        let mut command = cargo::cargo();
-        command.args(["fmt", "--check", "--package", "kit", "--package", "xtask"]);
-        for lesson in catalog::lessons()? {
-            command.args(["--package", &lesson.solution_package()]);
-        }
-        command_step(&mut command)
-    });
-    let built = suite.step("everything builds (cargo build --workspace --all-targets)", || {
-        command_step(cargo::cargo().args(["build", "--workspace", "--all-targets", "--color", "never"]))
-    });
-    suite.step("clippy, warnings denied", || {
-        command_step(cargo::cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--color",
-            "never",
-            "--",
-            "-D",
-            "warnings",
-        ]))
-    });
-    for package in ["kit", "xtask"] {
-        suite.step(format!("{package} tests"), || expect_all_pass(&cargo::test_package(package, &[])?));
-    }
-    if built {
-        for lesson in &lessons {
-            prove_lesson(&mut suite, lesson, options.skip_lazy);
+    if !options.proofs_only {
+        suite.step("generated lessons are in sync (sync --check)", || sync::check(None).map(|_| String::new()));
+        // The generated exercises are left out: their formatting follows from their solution's, and renaming the
+        // crate (`solution_NN` → `lesson_NN`) can move an import in rustfmt's sort order.
+        suite.step("formatting of kit, xtask and solutions (cargo fmt --check)", || {
+            let mut command = cargo::cargo();
+            command.args(["fmt", "--check", "--package", "kit", "--package", "xtask"]);
+            for lesson in catalog::lessons()? {
+                command.args(["--package", &lesson.solution_package()]);
+            }
+            command_step(&mut command)
+        });
+        suite.step("everything builds (cargo build --workspace --all-targets)", || {
+            command_step(cargo::cargo().args(["build", "--workspace", "--all-targets", "--color", "never"]))
+        });
+        suite.step("clippy, warnings denied", || {
+            command_step(cargo::cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--color",
+                "never",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        });
+        for package in ["kit", "xtask"] {
+            suite.step(format!("{package} tests"), || expect_all_pass(&cargo::test_package(package, &[])?));
         }
     }
-    if built && options.lesson.is_none() {
-        let reports = catalog::root().join("target").join("workbook");
+    // The proofs build their own scratch crates, so they do not wait on the workspace build above.
+    for lesson in &lessons {
+        prove_lesson(&mut suite, lesson, &options);
+    }
+    if options.lesson.is_none() && !options.proofs_only {
+        let reports = scratch::workbook_dir();
         let unsolved = reports.join("grade-unsolved.json");
-        suite.step("grade: the shipped exercises all grade unsolved (xtask grade --expect unsolved)", || {
-            command_step(xtask().args(["grade", "--expect", "unsolved", "--json"]).arg(&unsolved))?;
-            report_step(&unsolved)
+        suite.step("grade: the shipped exercises all grade unsolved (xtask grade --shipped --expect unsolved)", || {
+            let outcome = grade::run_quietly(&grade::Options {
+                source: grade::Source::Shipped,
+                expect: Some(grade::Expectation::Unsolved),
+                json: Some(unsolved.clone()),
+                ..grade::Options::new(options.run.clone())
+            })?;
+            Ok(format!("{}; {outcome}", report_step(&unsolved)?))
         });
         let solved = reports.join("grade-solved.json");
         let junit = reports.join("grade-solved.xml");
         suite.step("grade: the solutions all grade solved (xtask grade --lessons-dir solutions)", || {
-            command_step(
-                xtask()
-                    .args(["grade", "--lessons-dir", "solutions", "--expect", "solved", "--json"])
-                    .arg(&solved)
-                    .arg("--junit")
-                    .arg(&junit),
-            )?;
+            grade::run_quietly(&grade::Options {
+                source: grade::Source::Dir(catalog::root().join("solutions")),
+                expect: Some(grade::Expectation::Solved),
+                json: Some(solved.clone()),
+                junit: Some(junit.clone()),
+                ..grade::Options::new(options.run.clone())
+            })?;
             anyhow::ensure!(std::fs::read_to_string(&junit)?.contains("<testsuites"), "no JUnit report written");
             report_step(&solved)
         });
     }
-    if catalog::root().join("mdbook").join("book.toml").exists() {
+    if !options.proofs_only && catalog::root().join("mdbook").join("book.toml").exists() {
         suite.step("the book builds without warnings (xtask book)", || command_step(xtask().arg("book")));
     }
 
     let passed = suite.steps.iter().filter(|s| s.ok).count();
     let failed = suite.steps.len() - passed;
-    println!("\n{:<70} {:>6} {:>7}", "step", "result", "seconds");
-    println!("{}", "-".repeat(85));
-    for step in &suite.steps {
-        let name: String = step.name.chars().take(70).collect();
-        println!("{name:<70} {:>6} {:>7.1}", if step.ok { "ok" } else { "FAILED" }, step.took.as_secs_f64());
-    }
-    println!("{}", "-".repeat(85));
-    println!("total {:.0} s", started.elapsed().as_secs_f64());
+    suite.print_times(started.elapsed());
     let ungraded: usize = suite.steps.iter().filter(|s| s.detail.contains("not graded on this broker")).count();
     if ungraded > 0 {
         println!("{ungraded} step(s) include tests not graded on this broker (see their lines above)");
@@ -155,113 +224,175 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The three proofs for one lesson.
-fn prove_lesson(suite: &mut Suite, lesson: &Lesson, skip_lazy: bool) {
-    let mut solution_tests = Vec::new();
-    suite.step(format!("{}: solution passes", lesson.label()), || {
-        let run = cargo::test_package(&lesson.solution_package(), &[])?;
-        solution_tests = run.verdicts.iter().map(|v| v.name.clone()).collect();
-        expect_all_pass(&run)
-    });
+/// How the suite runs tests (see runner.rs).
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    pub parallel: usize,
+    pub timeout: Duration,
+}
 
-    suite.step(format!("{}: exercise compiles and every test fails", lesson.label()), || {
-        let run = cargo::test_package(&lesson.exercise_package(), &[])?;
-        anyhow::ensure!(run.compiled, "the shipped exercise does not compile:\n{}", run.first_failure(30));
-        let mut names: Vec<_> = run.verdicts.iter().map(|v| v.name.clone()).collect();
-        let mut expected = solution_tests.clone();
-        names.sort();
-        expected.sort();
-        anyhow::ensure!(
-            names == expected,
-            "the exercise runs other tests than the solution: {names:?} vs {expected:?}"
-        );
-        let passing: Vec<_> = run.verdicts.iter().filter(|v| v.passed).map(|v| v.name.as_str()).collect();
-        anyhow::ensure!(
-            passing.is_empty(),
-            "these tests pass without the exercise being solved, so they cannot grade it: {}",
-            passing.join(", ")
-        );
-        Ok(format!("all {} tests fail unsolved", run.verdicts.len()))
+/// The proofs for one lesson, from one build (proofs.rs): the solution passes, every test fails at the
+/// exercise's `todo!()`, each lazy answer is caught; on real Kafka too with `--kafka`.
+fn prove_lesson(suite: &mut Suite, lesson: &Lesson, options: &Options) {
+    let label = lesson.label();
+    let mut built = None;
+    suite.lesson_step(lesson, format!("{label}: proof build (solution, todo!() and lazy answers in one)"), || {
+        let build = proofs::build(lesson)?;
+        let summary = build.summary();
+        built = Some(build);
+        Ok(summary)
     });
+    let Some(build) = built else { return };
+    let logs = scratch::workbook_dir().join("runs").join(&lesson.dir_name);
 
-    if skip_lazy {
-        return;
-    }
-    for (index, lazy) in lesson.meta.lazy.iter().enumerate() {
-        suite.step(format!("{}: lazy answer {} rejected ({})", lesson.label(), index + 1, lazy.why), || {
-            let _restore = RestoreOnDrop(lesson);
-            write_lazy_lesson(lesson, &lazy.function, &lazy.body)?;
-            let run = cargo::test_package(&lesson.exercise_package(), &[])?;
-            anyhow::ensure!(
-                run.compiled,
-                "the lazy body of `{}` does not compile:\n{}",
-                lazy.function,
-                run.first_failure(20)
-            );
-            let caught: Vec<_> = run.verdicts.iter().filter(|v| !v.passed).map(|v| v.name.as_str()).collect();
-            anyhow::ensure!(
-                !caught.is_empty(),
-                "every test passes with the lazy `{}` body `{}`: the tests cannot tell it from a real answer",
-                lazy.function,
-                lazy.body
-            );
-            Ok(format!("caught by {}", caught.join(", ")))
+    // The solution first: its durations order the lazy runs, quickest tests first.
+    let mut durations: BTreeMap<String, Duration> = BTreeMap::new();
+    suite.lesson_step(lesson, format!("{label}: solution passes"), || {
+        let outcomes = run_variant(&build, "solution", &[], &options.run, &logs.join("solution"))?;
+        durations = outcomes.iter().map(|o| (o.test.name.clone(), o.took)).collect();
+        all_pass(&outcomes, options.run.timeout)
+    });
+    if let Some(bootstrap) = &options.kafka {
+        suite.lesson_step(lesson, format!("{label}: solution passes on real Kafka at {bootstrap}"), || {
+            let env = [(kit::broker::BOOTSTRAP_ENV.to_string(), bootstrap.clone())];
+            let outcomes = run_variant(&build, "solution", &env, &options.run, &logs.join("kafka"))?;
+            all_pass(&outcomes, options.run.timeout)
         });
     }
+
+    suite.lesson_step(lesson, format!("{label}: every test fails at the exercise's todo!()"), || {
+        let outcomes = run_variant(&build, "todo", &[], &options.run, &logs.join("todo"))?;
+        every_test_fails_at_the_todo(&outcomes, &lesson.number, options.run.timeout)
+    });
+
+    if options.skip_lazy || build.lazy.is_empty() {
+        return;
+    }
+    suite.lesson_step(lesson, format!("{label}: {} lazy answers each fail a test", build.lazy.len()), || {
+        // Every answer's jobs go into one pool, quickest tests first, so the pool stays full while answers
+        // that are already caught drop out.
+        let mut order: Vec<&str> = build.tests.iter().map(|t| t.name.as_str()).collect();
+        order.sort_by_key(|name| durations.get(*name).copied().unwrap_or(Duration::MAX));
+        let mut jobs = Vec::new();
+        for name in &order {
+            for (group, arm) in build.lazy.iter().enumerate() {
+                let (krate, tests) = build.for_variant(&arm.variant);
+                if let Some(test) = tests.iter().find(|t| t.name == *name) {
+                    jobs.push(runner::Job {
+                        test: test.clone(),
+                        group,
+                        env: vec![(exercise::VARIANT_ENV.to_string(), arm.variant.clone())],
+                        crate_dir: krate.dir.clone(),
+                    });
+                }
+            }
+        }
+        let outcomes = runner::run(
+            jobs,
+            &runner::Options {
+                parallel: options.run.parallel,
+                timeout: options.run.timeout,
+                stop_at_first_failure: true,
+                logs_dir: logs.join("lazy"),
+            },
+        )?;
+        let mut lines = Vec::new();
+        let mut uncaught = 0;
+        for (group, arm) in build.lazy.iter().enumerate() {
+            let why = &lesson.meta.lazy[group].why;
+            let caught = outcomes.iter().find(|o| o.group == group && !o.passed && !o.cancelled);
+            match caught {
+                Some(o) if o.timed_out => {
+                    lines.push(format!("{}: {why} — caught by {} (timed out)", arm.variant, o.test.name))
+                }
+                Some(o) => lines.push(format!("{}: {why} — caught by {}", arm.variant, o.test.name)),
+                None => {
+                    uncaught += 1;
+                    lines.push(format!(
+                        "{}: {why} — NOT CAUGHT: every test passes with the lazy `{}` body `{}`; the tests cannot \
+                         tell it from a real answer",
+                        arm.variant, arm.function, arm.body
+                    ));
+                }
+            }
+        }
+        anyhow::ensure!(uncaught == 0, "{uncaught} lazy answer(s) pass every test:\n{}", lines.join("\n"));
+        Ok(format!("all {} caught\n{}", build.lazy.len(), lines.join("\n")))
+    });
 }
 
-/// Writes the lesson as the solution, except `function`, whose body is `body`.
-fn write_lazy_lesson(lesson: &Lesson, function: &str, body: &str) -> anyhow::Result<()> {
-    let mut files = sync::generate(lesson)?;
-    let mut found = false;
-    for (relative, bytes) in files.iter_mut() {
-        if relative.extension().and_then(|e| e.to_str()) != Some("rs") || !relative.starts_with("src") {
-            continue;
-        }
-        let solution = std::fs::read_to_string(lesson.solution_dir().join(relative))?;
-        let (_, marked) = exercise::make_exercise(&solution, &lesson.number)?;
-        let solution = sync::rename_crate(&solution, &lesson.number);
-        if marked.iter().any(|m| m.function == function) {
-            *bytes = exercise::with_body(&solution, function, body)?.into_bytes();
-            found = true;
-        } else {
-            // The other files solved too, so only this one function is lazy.
-            *bytes = strip(&solution);
+/// The unsolved proof: every test failed, and failed at the exercise's `todo!()` — its output holds
+/// "not yet implemented: lesson NN". A test that fails for another reason (no Redis, a broken helper) would
+/// fail just the same on a right answer, so it proves nothing about the exercise.
+fn every_test_fails_at_the_todo(
+    outcomes: &[runner::Outcome],
+    lesson_number: &str,
+    timeout: Duration,
+) -> anyhow::Result<String> {
+    anyhow::ensure!(!outcomes.is_empty(), "no test ran");
+    let todo = format!("not yet implemented: lesson {lesson_number}");
+    let mut wrong = Vec::new();
+    for outcome in outcomes {
+        if outcome.passed {
+            wrong
+                .push(format!("{} passes without the exercise being solved, so it cannot grade it", outcome.test.name));
+        } else if !outcome.output.contains(&todo) {
+            wrong.push(format!(
+                "{} fails, but not at the exercise's todo!() (\"{todo}\" is not in its output):\n{}",
+                outcome.test.name,
+                indent(&outcome.failure(timeout), 20)
+            ));
         }
     }
-    anyhow::ensure!(found, "lesson.toml names `{function}`, which is not an exercise of lesson {}", lesson.number);
-    sync::write(&lesson.exercise_dir(), &files).context("writing the lazy lesson")
+    anyhow::ensure!(wrong.is_empty(), "{} of {} tests:\n{}", wrong.len(), outcomes.len(), wrong.join("\n"));
+    Ok(format!("all {} tests fail at the todo!()", outcomes.len()))
 }
 
-/// The solution text without exercise markers.
-fn strip(solution: &str) -> Vec<u8> {
-    solution
-        .split_inclusive('\n')
-        .scan(false, |in_marker, line| {
-            let t = line.trim();
-            if t.starts_with("// EXERCISE:") {
-                *in_marker = true;
-                return Some("");
-            }
-            if *in_marker && t.starts_with("//") && !t.starts_with("///") && !t.contains("ANCHOR") {
-                return Some("");
-            }
-            *in_marker = false;
-            Some(line)
-        })
-        .collect::<String>()
-        .into_bytes()
+/// Runs every test of the build under `variant` (plus `env`), to the end.
+fn run_variant(
+    build: &ProofBuild,
+    variant: &str,
+    env: &[(String, String)],
+    settings: &RunSettings,
+    logs_dir: &std::path::Path,
+) -> anyhow::Result<Vec<runner::Outcome>> {
+    let (krate, tests) = build.for_variant(variant);
+    let mut env = env.to_vec();
+    env.push((exercise::VARIANT_ENV.to_string(), variant.to_string()));
+    let jobs = tests
+        .iter()
+        .map(|test| runner::Job { test: test.clone(), group: 0, env: env.clone(), crate_dir: krate.dir.clone() })
+        .collect();
+    runner::run(
+        jobs,
+        &runner::Options {
+            parallel: settings.parallel,
+            timeout: settings.timeout,
+            stop_at_first_failure: false,
+            logs_dir: logs_dir.to_path_buf(),
+        },
+    )
 }
 
-/// Puts the generated exercise back however the step ends.
-struct RestoreOnDrop<'a>(&'a Lesson);
-
-impl Drop for RestoreOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = sync::generate(self.0).and_then(|files| sync::write(&self.0.exercise_dir(), &files)) {
-            eprintln!("could not restore lessons/{}: {e:#}; run `cargo xtask sync`", self.0.dir_name);
-        }
+/// Every test passed: "N tests" (and how many assertions were not graded on this broker).
+fn all_pass(outcomes: &[runner::Outcome], timeout: Duration) -> anyhow::Result<String> {
+    anyhow::ensure!(!outcomes.is_empty(), "no test ran");
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.passed).collect();
+    if !failed.is_empty() {
+        let details: Vec<_> =
+            failed.iter().map(|o| format!("{}:\n{}", o.test.name, indent(&o.failure(timeout), 25))).collect();
+        anyhow::bail!("{} of {} tests failed:\n{}", failed.len(), outcomes.len(), details.join("\n"));
     }
+    let ungraded: usize = outcomes.iter().map(|o| o.ungraded.len()).sum();
+    let mut detail = format!("{} tests", outcomes.len());
+    if ungraded > 0 {
+        detail.push_str(&format!(", {ungraded} not graded on this broker"));
+    }
+    Ok(detail)
+}
+
+fn indent(text: &str, max_lines: usize) -> String {
+    text.lines().take(max_lines).map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
 fn expect_all_pass(run: &TestRun) -> anyhow::Result<String> {
@@ -312,4 +443,46 @@ fn command_step(command: &mut std::process::Command) -> anyhow::Result<String> {
         let start = tail.len().saturating_sub(40);
         anyhow::bail!("failed:\n{}", tail[start..].join("\n"))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::{Outcome, TestCase};
+
+    fn failed(name: &str, output: &str) -> Outcome {
+        Outcome {
+            test: TestCase { target: "t".into(), executable: "/bin/false".into(), name: name.into() },
+            group: 0,
+            passed: false,
+            timed_out: false,
+            cancelled: false,
+            exit_code: Some(101),
+            took: Duration::from_secs(1),
+            output: output.into(),
+            ungraded: vec![],
+        }
+    }
+
+    #[test]
+    fn the_unsolved_proof_wants_every_failure_at_the_todo() {
+        let at_todo = "thread 'a' panicked at src/lib.rs:9:5:\nnot yet implemented: lesson 07: write `apply_event`";
+        assert!(every_test_fails_at_the_todo(&[failed("a", at_todo), failed("b", at_todo)], "07", DEFAULT).is_ok());
+
+        let no_redis = "---- b stdout ----\nthread 'b' panicked at tests/t.rs:3:5:\nRedis: Connection refused\n";
+        let error = every_test_fails_at_the_todo(&[failed("a", at_todo), failed("b", no_redis)], "07", DEFAULT)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("b fails, but not at the exercise's todo!()") && error.contains("Connection refused"));
+
+        let other_lesson = "not yet implemented: lesson 06: write `publish`";
+        assert!(every_test_fails_at_the_todo(&[failed("a", other_lesson)], "07", DEFAULT).is_err());
+
+        let mut passing = failed("a", "test a ... ok");
+        passing.passed = true;
+        assert!(every_test_fails_at_the_todo(&[passing], "07", DEFAULT).is_err());
+        assert!(every_test_fails_at_the_todo(&[], "07", DEFAULT).is_err(), "no test ran");
+    }
+
+    const DEFAULT: Duration = runner::DEFAULT_TIMEOUT;
 }
