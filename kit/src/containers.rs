@@ -77,8 +77,8 @@ mod docker {
     use testcontainers_modules::testcontainers::runners::AsyncRunner;
     use testcontainers_modules::testcontainers::{ContainerAsync, ContainerRequest, Image};
 
-    use crate::broker::{Broker, BrokerKind};
     use super::{KAFKA_EXTRA_ENV, KAFKA_TAG, LABEL, REDIS_TAG};
+    use crate::broker::{Broker, BrokerKind};
 
     /// How long a container may take to start (the first run also pulls the image).
     const START_TIMEOUT: Duration = Duration::from_secs(300);
@@ -166,7 +166,8 @@ mod docker {
                     let container: ContainerAsync<I> =
                         request.into().start().await.map_err(|e| explain_start_failure(what, &e))?;
                     let host = container.get_host().await.map_err(|e| explain_start_failure(what, &e))?;
-                    let mapped = container.get_host_port_ipv4(port).await.map_err(|e| explain_start_failure(what, &e))?;
+                    let mapped =
+                        container.get_host_port_ipv4(port).await.map_err(|e| explain_start_failure(what, &e))?;
                     Ok::<_, String>((container, address(&host.to_string(), mapped)))
                 });
                 let container = match started {
@@ -186,7 +187,11 @@ mod docker {
                 .map_err(|_| anyhow::anyhow!("{what} did not start in Docker within {START_TIMEOUT:?}"))?
                 .map_err(anyhow::Error::msg)?;
             register_exit_hook();
-            OWNERS.lock().unwrap_or_else(|e| e.into_inner()).push(Owner { what, remove: remove_tx, removed: removed_rx });
+            OWNERS.lock().unwrap_or_else(|e| e.into_inner()).push(Owner {
+                what,
+                remove: remove_tx,
+                removed: removed_rx,
+            });
             eprintln!("{what} is up at {address}");
             Ok(address)
         }
@@ -239,7 +244,10 @@ mod docker {
         #[test]
         fn the_container_tags_match_docker_compose() {
             let compose = include_str!("../../docker-compose.yml");
-            assert!(compose.contains(&format!("image: apache/kafka:{KAFKA_TAG}")), "apache/kafka:{KAFKA_TAG} in compose");
+            assert!(
+                compose.contains(&format!("image: apache/kafka:{KAFKA_TAG}")),
+                "apache/kafka:{KAFKA_TAG} in compose"
+            );
             assert!(compose.contains(&format!("image: redis:{REDIS_TAG}")), "redis:{REDIS_TAG} in compose");
         }
 

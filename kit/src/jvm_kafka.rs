@@ -100,18 +100,9 @@ fn common_settings(replicas: u16, min_isr: u16) -> Vec<(&'static str, String)> {
 const FAST_FAILOVER: &[(&str, &str)] =
     &[("broker.session.timeout.ms", "3000"), ("broker.heartbeat.interval.ms", "500")];
 
-/// The folder for everything this module keeps outside the clone: `$KAFKA_WORKBOOK_HOME`, else
-/// `$XDG_CACHE_HOME/kafka-workbook`, else `~/.cache/kafka-workbook`.
+/// The folder for everything this module keeps outside the clone: [`crate::machine_dir`].
 pub fn home() -> PathBuf {
-    if let Some(dir) = std::env::var_os("KAFKA_WORKBOOK_HOME").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir);
-    }
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|d| !d.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    cache.join("kafka-workbook")
+    crate::machine_dir()
 }
 
 /// What a cluster looks like.

@@ -46,3 +46,18 @@ pub use broker::{Broker, BrokerError, BrokerKind, Capability};
 pub use embedded::EmbeddedCluster;
 pub use events::{EventType, UserEvent};
 pub use fault_proxy::{FaultProxy, ProxyStats};
+
+/// The workbook's folder on this machine, outside any clone, for what is worth keeping between clones and runs
+/// (Kafka's resolved classpath, the book's tools): `$KAFKA_WORKBOOK_HOME`, else `$XDG_CACHE_HOME/kafka-workbook`,
+/// else `~/.cache/kafka-workbook`.
+pub fn machine_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("KAFKA_WORKBOOK_HOME").filter(|d| !d.is_empty()) {
+        return dir.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("kafka-workbook")
+}

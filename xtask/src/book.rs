@@ -1,8 +1,9 @@
 //! `cargo xtask book [--serve]`: builds (or serves) the book in `docs/` with a pinned mdBook.
 //!
 //! What it does, in order:
-//! 1. Finds mdBook and mdbook-mermaid at their pinned versions, in the workbook's tool directory
-//!    (`<target>/tools/bin`) or on `PATH`, and installs them there with `cargo install --locked` when missing.
+//! 1. Finds mdBook and mdbook-mermaid at their pinned versions, in the workbook's tool directory on this machine
+//!    (`~/.cache/kafka-workbook/tools/bin`) or on `PATH`, and installs them there with `cargo install --locked`
+//!    when missing.
 //!    That takes a few minutes, once per machine; a spinner says so. Pinning keeps every machine rendering, and
 //!    warning about, the same things.
 //! 2. Writes each lesson's hint from its `lesson.toml` to `mdbook/generated/hints/NN-slug.md`, so the chapters
@@ -84,13 +85,10 @@ pub fn book_dir() -> PathBuf {
     catalog::root().join("mdbook")
 }
 
-/// `<target>/tools`: per machine, out of git, and where `cargo clean` would remove it with everything else built.
+/// `~/.cache/kafka-workbook/tools` (`kit::machine_dir`): per machine and outside the clone, so a second clone, or
+/// a `cargo clean`, does not spend minutes building the same pinned tools again.
 fn tools_root() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| if p.is_absolute() { p } else { catalog::root().join(p) })
-        .unwrap_or_else(|| catalog::root().join("target"))
-        .join("tools")
+    kit::machine_dir().join("tools")
 }
 
 /// Makes sure every tool is there at its pinned version; returns the directory holding them.

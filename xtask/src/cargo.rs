@@ -75,11 +75,17 @@ impl TestRun {
 
 /// Runs every test of `package` to the end (no fail-fast) and collects the verdicts.
 pub fn test_package(package: &str, extra_env: &[(&str, &str)]) -> anyhow::Result<TestRun> {
+    test_package_with(package, &[], extra_env)
+}
+
+/// [`test_package`] with more arguments for `cargo test` (which targets, `--features`).
+pub fn test_package_with(package: &str, extra_args: &[&str], extra_env: &[(&str, &str)]) -> anyhow::Result<TestRun> {
     let ungraded_log = ungraded_log_path(package);
     let _ = std::fs::remove_file(&ungraded_log);
     let mut command = cargo();
     command
         .args(["test", "--package", package, "--no-fail-fast", "--color", "never"])
+        .args(extra_args)
         .env(kit::testing::UNGRADED_LOG_ENV, &ungraded_log)
         // Snapshots are graded, never rewritten, by the chores; and backtraces would drown the messages.
         .env("INSTA_UPDATE", "no")

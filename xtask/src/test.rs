@@ -172,8 +172,32 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 "warnings",
             ]))
         });
+        // The Docker client is behind kit's `testcontainers` feature, which no other step builds.
+        suite.step("kit with its testcontainers feature (clippy, warnings denied)", || {
+            command_step(cargo::cargo().args([
+                "clippy",
+                "--package",
+                "kit",
+                "--features",
+                "testcontainers",
+                "--all-targets",
+                "--color",
+                "never",
+                "--",
+                "-D",
+                "warnings",
+            ]))
+        });
         for package in ["kit", "xtask"] {
             suite.step(format!("{package} tests"), || expect_all_pass(&cargo::test_package(package, &[])?));
+        }
+        if let Some(bootstrap) = &options.kafka {
+            // The fault proxy and the shared helpers against real Kafka. The JVM-cluster tests (jvm_kafka.rs)
+            // start private clusters whatever the broker, so the step above has run them already.
+            suite.step(format!("kit tests on real Kafka at {bootstrap}"), || {
+                let args = ["--lib", "--test", "fault_proxy", "--test", "embedded_broker"];
+                expect_all_pass(&cargo::test_package_with("kit", &args, &[(kit::broker::BOOTSTRAP_ENV, bootstrap)])?)
+            });
         }
     }
     // The proofs build their own scratch crates, so they do not wait on the workspace build above.
