@@ -140,7 +140,10 @@ impl Broker {
         }
         match std::env::var(BROKER_ENV).as_deref() {
             Ok("kafka") => Broker::jvm(),
-            Ok("testcontainers") => crate::containers::kafka(),
+            Ok("testcontainers") => {
+                let bootstrap = crate::containers::kafka_bootstrap()?;
+                Ok(Broker::connect(BrokerKind::Testcontainers, bootstrap, "an apache/kafka test container".into())?)
+            }
             Ok("embedded") | Ok("") | Err(_) => Broker::embedded(),
             Ok(other) => anyhow::bail!(
                 "{BROKER_ENV}={other:?} is not a broker source: use `embedded`, `kafka` or `testcontainers`"

@@ -21,8 +21,6 @@
 //! `__transaction_state`, so on a single broker every transactional producer hangs in `init_transactions`.
 //! [`kafka_image`] adds those settings (the same as `docker-compose.yml`); a unit test keeps them there.
 
-use crate::broker::Broker;
-
 /// The apache/kafka tag the workbook tests against (the same as `docker-compose.yml`).
 pub const KAFKA_TAG: &str = "4.1.1";
 /// The Redis tag (the same as `docker-compose.yml`).
@@ -41,10 +39,11 @@ pub const KAFKA_EXTRA_ENV: &[(&str, &str)] = &[
 ];
 // ANCHOR_END: extra_env
 
-/// Starts (once per process) an apache/kafka container and returns it as a broker.
-pub fn kafka() -> anyhow::Result<Broker> {
+/// Starts (once per process) an apache/kafka container and returns its bootstrap address; `kit::Broker`
+/// wraps it (this module knows Docker, not Kafka clients).
+pub fn kafka_bootstrap() -> anyhow::Result<String> {
     #[cfg(feature = "testcontainers")]
-    return docker::kafka();
+    return docker::kafka_bootstrap();
     #[cfg(not(feature = "testcontainers"))]
     anyhow::bail!("{WITHOUT_FEATURE}")
 }
@@ -78,24 +77,21 @@ mod docker {
     use testcontainers_modules::testcontainers::{ContainerAsync, ContainerRequest, Image};
 
     use super::{KAFKA_EXTRA_ENV, KAFKA_TAG, LABEL, REDIS_TAG};
-    use crate::broker::{Broker, BrokerKind};
 
     /// How long a container may take to start (the first run also pulls the image).
     const START_TIMEOUT: Duration = Duration::from_secs(300);
     /// How long the exit hook waits for a container to be removed.
     const REMOVE_TIMEOUT: Duration = Duration::from_secs(30);
 
-    /// Starts (once per process) an apache/kafka container and returns it as a broker.
-    pub(super) fn kafka() -> anyhow::Result<Broker> {
+    pub(super) fn kafka_bootstrap() -> anyhow::Result<String> {
         static KAFKA: OnceLock<Result<String, String>> = OnceLock::new();
-        let bootstrap = KAFKA
+        KAFKA
             .get_or_init(|| {
                 Owned::start("Kafka", kafka_image(), |host, port| format!("{host}:{port}"), KAFKA_PORT.as_u16())
                     .map_err(|e| format!("{e:#}"))
             })
             .clone()
-            .map_err(anyhow::Error::msg)?;
-        Ok(Broker::connect(BrokerKind::Testcontainers, bootstrap, "an apache/kafka test container".into())?)
+            .map_err(anyhow::Error::msg)
     }
 
     /// The URL of a Redis container started once per process (for lesson 07 and later under
