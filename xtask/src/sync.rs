@@ -236,29 +236,12 @@ fn insert_allow(text: &str) -> String {
     format!("{}{allow}{}", &text[..at], &text[at..])
 }
 
-/// Files under `dir` a lesson is made of, relative to `dir`, sorted.
+/// Files under `dir` a lesson is made of, relative to `dir`, sorted (build output, hidden files and pending
+/// snapshots left out, as in every crate the chores copy).
 pub fn source_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    walk(dir, dir, &mut out)?;
+    let mut out = crate::scratch::files_under(dir)?;
     out.retain(|p| p != Path::new("lesson.toml"));
-    out.sort();
     Ok(out)
-}
-
-fn walk(base: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        let name = path.file_name().unwrap().to_string_lossy();
-        if name == "target" || name.ends_with(".snap.new") || name.ends_with(".pending-snap") || name.starts_with('.') {
-            continue;
-        }
-        if path.is_dir() {
-            walk(base, &path, out)?;
-        } else {
-            out.push(path.strip_prefix(base)?.to_path_buf());
-        }
-    }
-    Ok(())
 }
 
 /// What differs between `dir` and `expected`, one line per file.
