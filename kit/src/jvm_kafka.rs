@@ -4,7 +4,8 @@
 //!
 //! Apache Kafka's broker is a set of jars on Maven Central. [`classpath`] asks Maven to resolve them from the
 //! small pom in `kit/kafka/pom.xml` (pinned version, overridable) into the local Maven repository, and caches the
-//! resulting classpath under [`home`] — outside the clone, so every clone and every later run reuse it, offline.
+//! resulting classpath under [`crate::machine_dir`] — outside the clone, so every clone and every later run
+//! reuse it, offline.
 //! [`JvmCluster::start`] then writes one `server.properties` per node, formats each node's storage (KRaft: no
 //! ZooKeeper), starts one `java … kafka.Kafka` process per node and waits until the cluster answers a Metadata
 //! request listing every broker.
@@ -100,11 +101,6 @@ fn common_settings(replicas: u16, min_isr: u16) -> Vec<(&'static str, String)> {
 const FAST_FAILOVER: &[(&str, &str)] =
     &[("broker.session.timeout.ms", "3000"), ("broker.heartbeat.interval.ms", "500")];
 
-/// The folder for everything this module keeps outside the clone: [`crate::machine_dir`].
-pub fn home() -> PathBuf {
-    crate::machine_dir()
-}
-
 /// What a cluster looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Spec {
@@ -125,9 +121,6 @@ pub type Progress<'a> = &'a dyn Fn(&str);
 
 /// Fails with [`HOW_TO_INSTALL`] unless `java` (17+) and `mvn` are on the PATH.
 pub fn check_tools() -> anyhow::Result<()> {
-    if !cfg!(unix) {
-        bail!("Kafka on the JVM is run by the workbook on Linux and macOS; on Windows use WSL, or `cargo xtask up`");
-    }
     let major = java_major().with_context(|| format!("no usable `java`. {HOW_TO_INSTALL}"))?;
     if major < MIN_JAVA {
         bail!(
@@ -163,7 +156,8 @@ fn which(program: &str) -> Option<PathBuf> {
 }
 
 fn cached_classpath(version: &str) -> Option<String> {
-    let text = std::fs::read_to_string(home().join(format!("kafka-{version}")).join("classpath.txt")).ok()?;
+    let text =
+        std::fs::read_to_string(crate::machine_dir().join(format!("kafka-{version}")).join("classpath.txt")).ok()?;
     let text = text.trim().to_string();
     let complete = !text.is_empty() && text.split(':').all(|jar| Path::new(jar).is_file());
     complete.then_some(text)
@@ -178,7 +172,7 @@ pub fn classpath(version: &str, progress: Progress) -> anyhow::Result<String> {
     if which("mvn").is_none() {
         bail!("no `mvn` to fetch Apache Kafka {version}'s jars with. {HOW_TO_INSTALL}");
     }
-    let dir = home().join(format!("kafka-{version}"));
+    let dir = crate::machine_dir().join(format!("kafka-{version}"));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let pom = dir.join("pom.xml");
     std::fs::write(&pom, POM)?;
@@ -285,7 +279,8 @@ impl JvmCluster {
             }
             None => {
                 let free = free_ports(spec.brokers as usize + 1)?;
-                let dir = home().join("clusters").join(format!("private-{}-{}", std::process::id(), free[0]));
+                let dir =
+                    crate::machine_dir().join("clusters").join(format!("private-{}-{}", std::process::id(), free[0]));
                 (dir, free[1..].to_vec(), vec![free[0]])
             }
         };
@@ -645,7 +640,9 @@ fn ensure_port_free(port: u16) -> anyhow::Result<()> {
         return Ok(());
     }
     let who = who_listens(port);
-    if let Some((pid, _)) = who.as_ref().filter(|(pid, _)| jvms_using(&home().join("clusters")).contains(pid)) {
+    if let Some((pid, _)) =
+        who.as_ref().filter(|(pid, _)| jvms_using(&crate::machine_dir().join("clusters")).contains(pid))
+    {
         bail!(
             "port {port} on 127.0.0.1 is taken by a Kafka the workbook started earlier (pid {pid}); \
              `cargo xtask kafka --stop` (with `--port` if it was moved) stops it"
@@ -778,7 +775,7 @@ pub struct Detached {
 }
 
 fn cluster_dir(port: u16) -> PathBuf {
-    home().join("clusters").join(port.to_string())
+    crate::machine_dir().join("clusters").join(port.to_string())
 }
 
 /// The detached cluster whose first broker listens on `port`, if its processes are still running.
@@ -831,7 +828,7 @@ pub fn ensure_detached(port: u16, progress: Progress) -> anyhow::Result<Detached
     if let Some(running) = find_detached(port) {
         return Ok(running);
     }
-    let clusters = home().join("clusters");
+    let clusters = crate::machine_dir().join("clusters");
     std::fs::create_dir_all(&clusters)?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
