@@ -2,14 +2,14 @@
 //! started once per process and shared by every test in it.
 //!
 //! The Docker client (testcontainers and its HTTP stack, a third of kit's dependencies) is built only with kit's
-//! `testcontainers` feature: `cargo test --features kit/testcontainers`. Without it, [`kafka`] and [`redis_url`]
-//! say how to turn it on. The pinned image tags and settings below are always there: `docker-compose.yml`, the
+//! `testcontainers` feature: `cargo test --features kit/testcontainers`. Without it, [`kafka_bootstrap`] and
+//! [`redis_url`] say how to turn it on. The pinned image tags and settings below are always there: `docker-compose.yml`, the
 //! JVM broker of `cargo xtask kafka` and their tests share them.
 //!
 //! # How a container lives
 //!
-//! Each container is owned by a thread of its own that runs a small tokio runtime: [`kafka`] and [`redis_url`]
-//! may be called from plain tests and from inside `#[tokio::test]` alike, and blocking on a runtime from inside
+//! Each container is owned by a thread of its own that runs a small tokio runtime: [`kafka_bootstrap`] and
+//! [`redis_url`] may be called from plain tests and from inside `#[tokio::test]` alike, and blocking on a runtime from inside
 //! another one would panic. The first caller starts the container and waits for it; later callers get the same
 //! address. Statics are never dropped, so an `atexit` hook asks each owner thread to remove its container when
 //! the test process ends; a process that is killed leaves the container behind (`docker ps` shows it with the
@@ -19,7 +19,7 @@
 //!
 //! `kafka::apache::Kafka` sets the replication factor of `__consumer_offsets` to 1 but not that of
 //! `__transaction_state`, so on a single broker every transactional producer hangs in `init_transactions`.
-//! [`kafka_image`] adds those settings (the same as `docker-compose.yml`); a unit test keeps them there.
+//! `kafka_image` adds those settings (the same as `docker-compose.yml`); a unit test keeps them there.
 
 /// The apache/kafka tag the workbook tests against (the same as `docker-compose.yml`).
 pub const KAFKA_TAG: &str = "4.1.1";
