@@ -24,16 +24,7 @@ use rdkafka::error::RDKafkaErrorCode;
 use crate::embedded::EmbeddedCluster;
 use crate::topics::TopicSpec;
 
-/// Names a real broker; set it to use one instead of the embedded mock.
-pub const BOOTSTRAP_ENV: &str = "KAFKA_BOOTSTRAP_SERVERS";
-/// `kafka` uses (or starts) Apache Kafka on the JVM; `testcontainers` starts a Kafka container; `embedded` (the
-/// default) the in-process mock.
-pub const BROKER_ENV: &str = "WORKBOOK_BROKER";
-/// Set by `cargo xtask lesson` / `cargo xtask broker` next to `KAFKA_BOOTSTRAP_SERVERS` when the address is an
-/// embedded mock hosted by another process, so clients are tuned for the mock.
-pub const HOSTED_KIND_ENV: &str = "WORKBOOK_BROKER_KIND";
-/// `consumer` (KIP-848) or `classic`: overrides the group protocol chosen for the broker kind.
-pub const GROUP_PROTOCOL_ENV: &str = "WORKBOOK_GROUP_PROTOCOL";
+pub use crate::env::{BOOTSTRAP_ENV, BROKER_ENV, GROUP_PROTOCOL_ENV, HOSTED_KIND_ENV};
 
 /// How to start a broker, for error messages.
 pub const HOW_TO_START: &str = "Unset KAFKA_BOOTSTRAP_SERVERS to use the embedded broker, run `cargo xtask broker` \

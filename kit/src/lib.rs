@@ -5,6 +5,7 @@
 //! - [`broker`]: decides which Kafka a program talks to (a real one named by `KAFKA_BOOTSTRAP_SERVERS`, or the
 //!   embedded mock cluster), hands out client configurations tuned for that broker, and creates topics the way
 //!   that broker allows. Every lesson starts here, so the choice is made in one place.
+//! - [`env`]: the environment variables the workbook's programs read (`KAFKA_BOOTSTRAP_SERVERS`, …).
 //! - [`containers`]: the testcontainers source (`WORKBOOK_BROKER=testcontainers`): real Kafka, Redis in Docker.
 //! - [`embedded`]: hosts librdkafka's mock cluster on a thread of its own (the mock is `!Send`), exposes its fault
 //!   injection, and can publish it on a fixed address such as `127.0.0.1:9092` for other processes.
@@ -17,34 +18,56 @@
 //!   lessons' runnable stories and by `cargo xtask broker` / `cargo xtask topics`.
 //! - [`events`]: the user-activity event the lessons produce and consume, and a deterministic sample generator.
 //! - [`publish`]: putting known events into a topic (keyed, acknowledged) before a story or test reads them.
-//! - [`testing`]: what the graded tests need: one shared broker per test binary, unique names, waiting on a
-//!   condition with a deadline, reading a topic back, and the "not graded on this broker" report.
+//! - [`read`]: reading a topic back from the beginning, outside any group: what a program really wrote.
+//! - [`grading`]: the "not graded on this broker" report, counted by `cargo xtask grade` and `test`.
 //! - [`redis`]: which Redis holds derived state (`REDIS_URL`, a test container, or the local default), and
 //!   connecting to it with a clear "start Redis with …" message when it is absent.
-//! - [`redact`]: insta settings that hide what changes from run to run (offsets, timestamps, ids, ports).
 //! - [`story`]: the opening every lesson's runnable story shares (logs, the broker named, its topics created).
 //! - [`wait`]: waiting on a condition with a deadline, the one polling loop tests and stories share.
 //! - [`telemetry`]: tracing set-up for the runnable stories and tools.
+//!
+//! Everything that is a Kafka or Redis client needs the default feature `clients`; xtask builds kit without it
+//! (`env`, `topics`, `jvm_kafka`, `containers`, `telemetry` and [`machine_dir`] remain). [`redis`] needs the
+//! feature `redis` (lessons 07 on).
+//!
+//! What only tests use (the broker a test binary shares, snapshot redactions, insta) is in the dev-only crate
+//! `kit-testing`, so the stories a learner runs never build it.
 
+#[cfg(feature = "clients")]
 pub mod broker;
 pub mod containers;
+#[cfg(feature = "clients")]
 pub mod embedded;
+pub mod env;
+#[cfg(feature = "clients")]
 pub mod events;
+#[cfg(feature = "clients")]
 pub mod fault_proxy;
+#[cfg(feature = "clients")]
+pub mod grading;
 pub mod jvm_kafka;
+#[cfg(feature = "clients")]
 pub mod outage;
+#[cfg(feature = "clients")]
 pub mod publish;
-pub mod redact;
+#[cfg(feature = "clients")]
+pub mod read;
+#[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "clients")]
 pub mod story;
 pub mod telemetry;
-pub mod testing;
 pub mod topics;
+#[cfg(feature = "clients")]
 pub mod wait;
 
+#[cfg(feature = "clients")]
 pub use broker::{Broker, BrokerError, BrokerKind, Capability};
+#[cfg(feature = "clients")]
 pub use embedded::EmbeddedCluster;
+#[cfg(feature = "clients")]
 pub use events::{EventType, UserEvent};
+#[cfg(feature = "clients")]
 pub use fault_proxy::{FaultProxy, ProxyStats};
 
 /// The workbook's folder on this machine, outside any clone, for what is worth keeping between clones and runs

@@ -29,7 +29,7 @@ impl OutageCluster {
     /// A private cluster of the kind that matches `shared` (the test's broker), or `None` — reported as
     /// "not graded on this broker" for `test` — when no such cluster can be had here.
     pub async fn start(shared: &Broker, test: &str) -> Option<OutageCluster> {
-        if !crate::testing::can_grade(shared, Capability::BrokerOutage, test) {
+        if !crate::grading::can_grade(shared, Capability::BrokerOutage, test) {
             return None;
         }
         Some(OutageCluster::next_to(shared).await.expect("a private cluster for an outage"))

@@ -9,7 +9,7 @@
 //! once, with how to start one, instead of as a failed command in the middle of a lesson.
 //!
 //! Many tests share one Redis: each works under a namespace of its own (a key prefix made with
-//! [`crate::testing::unique`]) and can clear it with [`delete_namespace`].
+//! [`crate::topics::unique`]) and can clear it with [`delete_namespace`].
 
 use std::time::Duration;
 

@@ -3,7 +3,7 @@
 //! The runnable stories (`cargo xtask lesson NN`) use these names; `cargo xtask broker` creates them on the
 //! embedded broker before any client connects (the mock cannot create topics on request), and
 //! `cargo xtask topics` creates them on a real broker. Tests never use these names: they make unique ones with
-//! [`crate::testing::unique`] so they can run in parallel against one broker.
+//! [`unique`] so they can run in parallel against one broker.
 
 // ANCHOR: manifest
 /// One topic as the workbook wants it. Retention and compression only apply on real Kafka; the mock keeps
@@ -56,4 +56,9 @@ pub const WORKBOOK_TOPICS: &[TopicSpec] = &[USER_EVENTS, USER_EVENTS_DLQ, USER_E
 /// Looks a topic up by name.
 pub fn find(name: &str) -> Option<&'static TopicSpec> {
     WORKBOOK_TOPICS.iter().find(|t| t.name == name)
+}
+
+/// `prefix` plus a random suffix: topics and groups that no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kit::broker::BrokerKind;
-use kit::testing::{broker, read_topic, unique};
 use kit::{Broker, EmbeddedCluster};
+use kit_testing::{broker, read_topic, unique};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};

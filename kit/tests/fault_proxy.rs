@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use kit::testing::{broker, read_topic, unique};
 use kit::{Broker, EmbeddedCluster, FaultProxy};
+use kit_testing::{broker, read_topic, unique};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
 

@@ -10,8 +10,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use kit::jvm_kafka::{self, JvmCluster, Spec};
-use kit::testing::{read_topic, unique};
 use kit::{Broker, BrokerKind};
+use kit_testing::{read_topic, unique};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};

@@ -7,13 +7,16 @@ use std::net::TcpStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
+#[cfg(feature = "brokers")]
 use kit::EmbeddedCluster;
+#[cfg(feature = "brokers")]
 use kit::topics::WORKBOOK_TOPICS;
 
 use crate::catalog;
 
 /// Starts an embedded cluster and creates the workbook's topics on it (the mock cannot create them later on
 /// request from another process).
+#[cfg(feature = "brokers")]
 pub fn start_with_topics(brokers: i32) -> anyhow::Result<EmbeddedCluster> {
     let cluster = EmbeddedCluster::start(brokers)?;
     for topic in WORKBOOK_TOPICS {
@@ -22,6 +25,7 @@ pub fn start_with_topics(brokers: i32) -> anyhow::Result<EmbeddedCluster> {
     Ok(cluster)
 }
 
+#[cfg(feature = "brokers")]
 pub fn run(host: &str, port: u16) -> anyhow::Result<()> {
     let cluster = start_with_topics(1)?;
     let bootstrap = cluster.publish(host, port)?;

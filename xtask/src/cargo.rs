@@ -86,7 +86,7 @@ pub fn test_package_with(package: &str, extra_args: &[&str], extra_env: &[(&str,
     command
         .args(["test", "--package", package, "--no-fail-fast", "--color", "never"])
         .args(extra_args)
-        .env(kit::testing::UNGRADED_LOG_ENV, &ungraded_log)
+        .env(kit::env::UNGRADED_LOG_ENV, &ungraded_log)
         // Snapshots are graded, never rewritten, by the chores; and backtraces would drown the messages.
         .env("INSTA_UPDATE", "no")
         .env("RUST_BACKTRACE", "0")

@@ -6,45 +6,14 @@
 //! The tests at the bottom read `docker-compose.yml` and hold its Kafka settings to what the book promises.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use kit::broker::{Broker, BrokerKind};
-use kit::topics::WORKBOOK_TOPICS;
 
 use crate::catalog;
-use crate::progress::spinner;
 
 /// Where `up` leaves Kafka for programs on this machine (the compose file's HOST listener).
+#[cfg(any(feature = "brokers", test))]
 pub const HOST_BOOTSTRAP: &str = "127.0.0.1:9092";
-/// How long `up` waits for Kafka to answer (the first `up` also pulls the images).
-const UP_TIMEOUT: Duration = Duration::from_secs(180);
-
-pub fn up() -> anyhow::Result<()> {
-    compose(&["up", "--detach"])?;
-    let spinner = spinner("waiting for Kafka to answer on 127.0.0.1:9092");
-    let deadline = Instant::now() + UP_TIMEOUT;
-    let mut last_error = String::new();
-    while Instant::now() < deadline {
-        // Each attempt waits up to 10 s for metadata: that is the pacing of this loop.
-        match Broker::connect(BrokerKind::External, HOST_BOOTSTRAP.into(), "docker compose".into()) {
-            Ok(_) => {
-                spinner.finish_and_clear();
-                println!(
-                    "Kafka is up at {HOST_BOOTSTRAP}; Kafka UI on http://127.0.0.1:8080, RabbitMQ on http://127.0.0.1:15672"
-                );
-                println!("Next: `cargo xtask topics`, then `export KAFKA_BOOTSTRAP_SERVERS={HOST_BOOTSTRAP}`.");
-                return Ok(());
-            }
-            Err(e) => last_error = e.to_string(),
-        }
-    }
-    spinner.finish_and_clear();
-    bail!(
-        "Kafka did not answer on {HOST_BOOTSTRAP} within {UP_TIMEOUT:?}: {last_error}\n\
-         See what it says with `docker compose logs kafka`."
-    )
-}
 
 pub fn down() -> anyhow::Result<()> {
     // `--volumes`: the workbook's data is disposable, and a clean log makes the next `up` predictable.
@@ -53,26 +22,70 @@ pub fn down() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates every manifest topic on the broker at `bootstrap` (default: `KAFKA_BOOTSTRAP_SERVERS`, else
-/// the compose stack's address).
-pub fn topics(bootstrap: Option<String>) -> anyhow::Result<()> {
-    let bootstrap = bootstrap
-        .or_else(|| std::env::var(kit::broker::BOOTSTRAP_ENV).ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| HOST_BOOTSTRAP.to_string());
-    let broker = Broker::connect(BrokerKind::External, bootstrap, "--bootstrap / KAFKA_BOOTSTRAP_SERVERS".into())?;
-    println!("creating the workbook's topics on {}", broker.describe());
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    for spec in WORKBOOK_TOPICS {
-        runtime.block_on(broker.create_topic_spec(spec))?;
-        let retention =
-            spec.retention_ms.map(|ms| format!("{} d", ms / 86_400_000)).unwrap_or_else(|| "default".into());
-        println!(
-            "  {:<22} {} partition(s), retention {retention}, {} — {}",
-            spec.name, spec.partitions, spec.compression, spec.purpose
-        );
+/// `up` and `topics` are Kafka clients: they exist in the build with the `brokers` feature (see main.rs).
+#[cfg(feature = "brokers")]
+mod clients {
+    use std::time::{Duration, Instant};
+
+    use anyhow::bail;
+    use kit::broker::{Broker, BrokerKind};
+    use kit::topics::WORKBOOK_TOPICS;
+
+    use super::{HOST_BOOTSTRAP, compose};
+    use crate::progress::spinner;
+
+    /// How long `up` waits for Kafka to answer (the first `up` also pulls the images).
+    const UP_TIMEOUT: Duration = Duration::from_secs(180);
+
+    pub fn up() -> anyhow::Result<()> {
+        compose(&["up", "--detach"])?;
+        let spinner = spinner("waiting for Kafka to answer on 127.0.0.1:9092");
+        let deadline = Instant::now() + UP_TIMEOUT;
+        let mut last_error = String::new();
+        while Instant::now() < deadline {
+            // Each attempt waits up to 10 s for metadata: that is the pacing of this loop.
+            match Broker::connect(BrokerKind::External, HOST_BOOTSTRAP.into(), "docker compose".into()) {
+                Ok(_) => {
+                    spinner.finish_and_clear();
+                    println!(
+                        "Kafka is up at {HOST_BOOTSTRAP}; Kafka UI on http://127.0.0.1:8080, RabbitMQ on http://127.0.0.1:15672"
+                    );
+                    println!("Next: `cargo xtask topics`, then `export KAFKA_BOOTSTRAP_SERVERS={HOST_BOOTSTRAP}`.");
+                    return Ok(());
+                }
+                Err(e) => last_error = e.to_string(),
+            }
+        }
+        spinner.finish_and_clear();
+        bail!(
+            "Kafka did not answer on {HOST_BOOTSTRAP} within {UP_TIMEOUT:?}: {last_error}\n\
+             See what it says with `docker compose logs kafka`."
+        )
     }
-    Ok(())
+
+    /// Creates every manifest topic on the broker at `bootstrap` (default: `KAFKA_BOOTSTRAP_SERVERS`, else
+    /// the compose stack's address).
+    pub fn topics(bootstrap: Option<String>) -> anyhow::Result<()> {
+        let bootstrap = bootstrap
+            .or_else(|| std::env::var(kit::env::BOOTSTRAP_ENV).ok().filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| HOST_BOOTSTRAP.to_string());
+        let broker = Broker::connect(BrokerKind::External, bootstrap, "--bootstrap / KAFKA_BOOTSTRAP_SERVERS".into())?;
+        println!("creating the workbook's topics on {}", broker.describe());
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        for spec in WORKBOOK_TOPICS {
+            runtime.block_on(broker.create_topic_spec(spec))?;
+            let retention =
+                spec.retention_ms.map(|ms| format!("{} d", ms / 86_400_000)).unwrap_or_else(|| "default".into());
+            println!(
+                "  {:<22} {} partition(s), retention {retention}, {} — {}",
+                spec.name, spec.partitions, spec.compression, spec.purpose
+            );
+        }
+        Ok(())
+    }
 }
+#[cfg(feature = "brokers")]
+pub use clients::{topics, up};
 
 /// Runs `docker compose ARGS` on the workbook's compose file, with a clear message when Docker is missing.
 fn compose(args: &[&str]) -> anyhow::Result<()> {

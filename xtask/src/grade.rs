@@ -10,7 +10,7 @@
 //! the JSON and the JUnit report all come from that one run.
 //!
 //! A lesson's points are its share of passing tests; "not graded" counts the assertions its tests skipped
-//! because the broker could not show the behaviour (`kit::testing::can_grade`).
+//! because the broker could not show the behaviour (`kit::grading::can_grade`).
 //!
 //! `--lessons-dir solutions` grades the reference solutions, `--shipped` the exercises exactly as `sync`
 //! generates them (whatever `lessons/` holds), and `--expect solved|unsolved` turns the grade into a check: the
@@ -328,10 +328,10 @@ fn score(
 
 /// The broker the tests will resolve, in the words of `kit::Broker::resolve`'s order.
 fn broker_in_use() -> String {
-    if let Some(bootstrap) = std::env::var(kit::broker::BOOTSTRAP_ENV).ok().filter(|s| !s.is_empty()) {
+    if let Some(bootstrap) = std::env::var(kit::env::BOOTSTRAP_ENV).ok().filter(|s| !s.is_empty()) {
         return format!("external Kafka at {bootstrap}");
     }
-    match std::env::var(kit::broker::BROKER_ENV).as_deref() {
+    match std::env::var(kit::env::BROKER_ENV).as_deref() {
         Ok("testcontainers") => "apache/kafka in a test container".into(),
         _ => "embedded (librdkafka mock cluster)".into(),
     }

@@ -2,13 +2,14 @@
 //!
 //! The broker is, in order: `KAFKA_BOOTSTRAP_SERVERS` if set; a `cargo xtask broker` running on this machine;
 //! real Kafka that `cargo xtask kafka --detach` runs on 127.0.0.1:9092; `WORKBOOK_BROKER=kafka|testcontainers`
-//! (the story resolves those itself); otherwise an embedded broker this command hosts for the run. The lesson binary gets its address in
-//! `KAFKA_BOOTSTRAP_SERVERS` (plus `WORKBOOK_BROKER_KIND=embedded` for a mock, so clients are tuned for it).
+//! (the story resolves those itself); otherwise the story starts an embedded broker in its own process, as the
+//! tests do. A broker found here reaches the lesson binary in `KAFKA_BOOTSTRAP_SERVERS` (plus
+//! `WORKBOOK_BROKER_KIND=embedded` for a hosted mock, so clients are tuned for it). This command is no Kafka
+//! client itself, so xtask needs no librdkafka to run it (see `relaunch_with_clients` in main.rs).
 
 use std::process::ExitStatus;
 
-use kit::EmbeddedCluster;
-use kit::broker::{BOOTSTRAP_ENV, HOSTED_KIND_ENV};
+use kit::env::{BOOTSTRAP_ENV, HOSTED_KIND_ENV};
 
 use crate::{broker, cargo, catalog};
 
@@ -17,8 +18,6 @@ pub fn run(nn: &str, solution: bool, args: &[String]) -> anyhow::Result<()> {
     let package = if solution { lesson.solution_package() } else { lesson.exercise_package() };
     println!("lesson {} — {}{}", lesson.number, lesson.meta.title, if solution { " (solution)" } else { "" });
 
-    // Kept alive until the lesson ends: dropping it stops the embedded broker.
-    let mut _hosted: Option<EmbeddedCluster> = None;
     let mut env: Vec<(&str, String)> = Vec::new();
     if let Ok(bootstrap) = std::env::var(BOOTSTRAP_ENV) {
         println!("broker: {bootstrap} (from {BOOTSTRAP_ENV})");
@@ -32,16 +31,12 @@ pub fn run(nn: &str, solution: bool, args: &[String]) -> anyhow::Result<()> {
             kafka.version, kafka.bootstrap_servers
         );
         env.push((BOOTSTRAP_ENV, kafka.bootstrap_servers));
-    } else if std::env::var(kit::broker::BROKER_ENV).as_deref() == Ok("kafka") {
+    } else if std::env::var(kit::env::BROKER_ENV).as_deref() == Ok("kafka") {
         println!("broker: Apache Kafka on this machine's JVM (WORKBOOK_BROKER=kafka)");
-    } else if std::env::var(kit::broker::BROKER_ENV).as_deref() == Ok("testcontainers") {
+    } else if std::env::var(kit::env::BROKER_ENV).as_deref() == Ok("testcontainers") {
         println!("broker: a Kafka test container (WORKBOOK_BROKER=testcontainers)");
     } else {
-        let cluster = broker::start_with_topics(1)?;
-        println!("broker: embedded mock cluster at {} (hosted by xtask for this run)", cluster.bootstrap_servers());
-        env.push((BOOTSTRAP_ENV, cluster.bootstrap_servers().to_string()));
-        env.push((HOSTED_KIND_ENV, "embedded".into()));
-        _hosted = Some(cluster);
+        println!("broker: embedded mock cluster, started by the lesson's program for this run");
     }
     println!();
 

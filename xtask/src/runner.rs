@@ -97,7 +97,7 @@ pub struct Outcome {
     pub took: Duration,
     /// Everything the test process printed (stdout and stderr, interleaved).
     pub output: String,
-    /// "Not graded on this broker" reports the test logged (`kit::testing::can_grade`).
+    /// "Not graded on this broker" reports the test logged (`kit::grading::can_grade`).
     pub ungraded: Vec<serde_json::Value>,
 }
 
@@ -214,7 +214,7 @@ fn run_one(job: &Job, index: usize, options: &Options, cancelled: &AtomicBool) -
         // Snapshots are graded, never rewritten, by the chores; backtraces would drown the messages.
         .env("INSTA_UPDATE", "no")
         .env("RUST_BACKTRACE", "0")
-        .env(kit::testing::UNGRADED_LOG_ENV, &ungraded_path)
+        .env(kit::env::UNGRADED_LOG_ENV, &ungraded_path)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)

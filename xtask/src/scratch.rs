@@ -295,7 +295,7 @@ pub fn build_tests(krate: &ScratchCrate) -> anyhow::Result<Build> {
         .arg("--target-dir")
         .arg(target_dir());
     // kit builds its Docker client only when asked: the tests would otherwise say which flag to add.
-    if std::env::var(kit::broker::BROKER_ENV).as_deref() == Ok("testcontainers") {
+    if std::env::var(kit::env::BROKER_ENV).as_deref() == Ok("testcontainers") {
         command.args(["--features", "kit/testcontainers"]);
     }
     let output = command.stdin(Stdio::null()).output().context("running cargo")?;

@@ -149,22 +149,34 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         suite.step("generated lessons are in sync (sync --check)", || sync::check(None).map(|_| String::new()));
         // The generated exercises are left out: their formatting follows from their solution's, and renaming the
         // crate (`solution_NN` → `lesson_NN`) can move an import in rustfmt's sort order.
-        suite.step("formatting of kit, xtask and solutions (cargo fmt --check)", || {
+        suite.step("formatting of kit, kit-testing, xtask and solutions (cargo fmt --check)", || {
             let mut command = cargo::cargo();
-            command.args(["fmt", "--check", "--package", "kit", "--package", "xtask"]);
+            command.args(["fmt", "--check", "--package", "kit", "--package", "kit-testing", "--package", "xtask"]);
             for lesson in catalog::lessons()? {
                 command.args(["--package", &lesson.solution_package()]);
             }
             command_step(&mut command)
         });
+        // `--features xtask/brokers`: the build of xtask that is a Kafka client (see `relaunch_with_clients`) is
+        // built, linted and tested too; the workspace's other members already unify kit's features up to it.
         suite.step("everything builds (cargo build --workspace --all-targets)", || {
-            command_step(cargo::cargo().args(["build", "--workspace", "--all-targets", "--color", "never"]))
+            command_step(cargo::cargo().args([
+                "build",
+                "--workspace",
+                "--all-targets",
+                "--features",
+                "xtask/brokers",
+                "--color",
+                "never",
+            ]))
         });
         suite.step("clippy, warnings denied", || {
             command_step(cargo::cargo().args([
                 "clippy",
                 "--workspace",
                 "--all-targets",
+                "--features",
+                "xtask/brokers",
                 "--color",
                 "never",
                 "--",
@@ -172,15 +184,16 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                 "warnings",
             ]))
         });
-        for package in ["kit", "xtask"] {
-            suite.step(format!("{package} tests"), || expect_all_pass(&cargo::test_package(package, &[])?));
-        }
+        suite.step("kit tests", || expect_all_pass(&cargo::test_package("kit", &[])?));
+        suite.step("xtask tests", || {
+            expect_all_pass(&cargo::test_package_with("xtask", &["--features", "brokers"], &[])?)
+        });
         if let Some(bootstrap) = &options.kafka {
             // The fault proxy and the shared helpers against real Kafka. The JVM-cluster tests (jvm_kafka.rs)
             // start private clusters whatever the broker, so the step above has run them already.
             suite.step(format!("kit tests on real Kafka at {bootstrap}"), || {
                 let args = ["--lib", "--test", "fault_proxy", "--test", "embedded_broker"];
-                expect_all_pass(&cargo::test_package_with("kit", &args, &[(kit::broker::BOOTSTRAP_ENV, bootstrap)])?)
+                expect_all_pass(&cargo::test_package_with("kit", &args, &[(kit::env::BOOTSTRAP_ENV, bootstrap)])?)
             });
         }
     }
@@ -262,7 +275,7 @@ fn prove_lesson(suite: &mut Suite, lesson: &Lesson, options: &Options) {
     });
     if let Some(bootstrap) = &options.kafka {
         suite.lesson_step(lesson, format!("{label}: solution passes on real Kafka at {bootstrap}"), || {
-            let env = [(kit::broker::BOOTSTRAP_ENV.to_string(), bootstrap.clone())];
+            let env = [(kit::env::BOOTSTRAP_ENV.to_string(), bootstrap.clone())];
             let outcomes = run_variant(&build, "solution", &env, &options.run, &logs.join("kafka"))?;
             all_pass(&outcomes, options.run.timeout)
         });

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use futures::future::try_join_all;
 use kit::UserEvent;
-use kit::testing::ReadRecord;
+use kit::read::ReadRecord;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;

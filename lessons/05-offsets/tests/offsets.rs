@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kit::events::sample_events;
 use kit::publish::publish_events;
-use kit::testing::{broker, unique, wait_until};
+use kit_testing::{broker, unique, wait_until};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -101,7 +101,7 @@ async fn a_new_group_starts_at_the_earliest_record_or_at_the_end() {
     assert_eq!(seen.history_read_by_earliest, 30, "`earliest` reads the whole history");
     assert_eq!(seen.history_read_by_latest, 0, "`latest` never sees what was written before it started");
     assert_eq!((seen.new_read_by_earliest, seen.new_read_by_latest), (10, 10), "both read what comes next");
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("what_each_reset_policy_reads", seen));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("what_each_reset_policy_reads", seen));
 }
 
 /// What one crash-and-restart showed.
@@ -153,7 +153,7 @@ async fn committing_after_processing_redelivers_what_a_crash_interrupted() {
     let all: BTreeSet<Uuid> = before.iter().chain(&after).map(|h| h.event_id).collect();
     assert_eq!(all, ids.iter().copied().collect(), "every event was processed");
     assert_eq!((committed_at_end.committed, committed_at_end.lag), (Some(10), 0), "all committed in the end");
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("manual_commit_crash", story));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("manual_commit_crash", story));
 }
 
 #[tokio::test]
@@ -185,7 +185,7 @@ async fn auto_commit_can_skip_records_a_crash_interrupted() {
     assert_eq!(story.after_restart, vec![6, 7, 8, 9], "the restart resumes at the auto-committed offset");
     assert_eq!(story.never_processed, vec![3, 4, 5], "records handed over but not processed are skipped");
     assert!(story.processed_twice.is_empty());
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("auto_commit_crash", story));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("auto_commit_crash", story));
 }
 
 #[tokio::test]
@@ -212,7 +212,7 @@ async fn lag_is_the_high_watermark_minus_the_committed_offset() {
     let group = unique("lesson05-lag");
     let member = consumer(&group, StartFrom::Earliest, Commits::AfterProcessing);
     // What each partition holds, independently of the lesson's code.
-    let records = kit::testing::read_topic(broker(), &topic, 30, WAIT).await;
+    let records = kit_testing::read_topic(broker(), &topic, 30, WAIT).await;
     let mut per_partition: BTreeMap<i32, i64> = BTreeMap::new();
     for record in &records {
         *per_partition.entry(record.partition).or_default() += 1;
@@ -235,5 +235,5 @@ async fn lag_is_the_high_watermark_minus_the_committed_offset() {
     assert_eq!((lags[&0].committed, lags[&0].lag), (Some(2), count(0) - 2), "partition 0: lag = high − committed");
     assert_eq!((lags[&1].committed, lags[&1].lag), (None, count(1)), "partition 1: nothing committed, all is lag");
     assert_eq!((lags[&2].committed, lags[&2].lag), (Some(count(2)), 0), "partition 2: caught up");
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("lag_per_partition", lags));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("lag_per_partition", lags));
 }

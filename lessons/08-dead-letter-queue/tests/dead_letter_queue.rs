@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use kit::UserEvent;
 use kit::events::sample_events;
-use kit::testing::{ReadRecord, broker, read_topic, unique};
+use kit_testing::{ReadRecord, broker, read_topic, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use lesson_08::{Processor, RetryPolicy, RunReport, Until, consumer_config, header, replay, run};
@@ -127,7 +127,7 @@ async fn poison_events_go_to_the_dlq_with_their_origin_in_headers() {
             "attempts": header_of(letter, header::ATTEMPTS),
         }));
     }
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("dead_letters_of_poison_events", snapshot));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("dead_letters_of_poison_events", snapshot));
 }
 
 #[tokio::test]
@@ -161,7 +161,7 @@ async fn transient_failures_are_retried_and_only_persistent_ones_dead_lettered()
         .filter(|(k, _)| k.as_str() != header::ORIGINAL_TOPIC && k.as_str() != header::ORIGINAL_OFFSET)
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("dead_letter_after_retries", headers));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("dead_letter_after_retries", headers));
 }
 
 #[tokio::test]

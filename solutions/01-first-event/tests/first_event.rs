@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kit::events::sample_events;
-use kit::testing::{broker, read_topic, unique};
+use kit_testing::{broker, read_topic, unique};
 use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 use solution_01::{Delivery, encode, producer_config, send_event};
@@ -34,7 +34,7 @@ fn an_event_is_keyed_by_its_user_and_carried_as_json() {
     }
     let purchase = sample_events(1, 20, 4).into_iter().find(|e| e.amount_cents.is_some()).unwrap();
     let wire: Value = serde_json::from_str(&encode(&purchase).unwrap().payload).unwrap();
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("purchase_on_the_wire", wire));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("purchase_on_the_wire", wire));
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use kit::events::sample_events;
-use kit::testing::{broker, unique};
+use kit_testing::{broker, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -81,7 +81,7 @@ async fn a_new_group_reads_everything_in_order_and_reports_the_broken_record() {
     assert_eq!(offsets, [0, 1, 2, 3, 5], "each event comes with the offset it was read at");
     assert_eq!(consumed.skipped.len(), 1, "the broken record is reported, not dropped silently");
     assert_eq!((consumed.skipped[0].partition, consumed.skipped[0].offset), (0, 4));
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("what_the_new_group_read", consumed));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("what_the_new_group_read", consumed));
 }
 
 #[tokio::test]

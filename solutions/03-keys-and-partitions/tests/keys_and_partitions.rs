@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kit::events::sample_events;
-use kit::testing::{ReadRecord, broker, read_topic, unique};
+use kit_testing::{ReadRecord, broker, read_topic, unique};
 use rdkafka::producer::FutureProducer;
 use serde::Serialize;
 use solution_03::{Keying, Placement, partition_counts, produce, producer_config, user_layout};
@@ -79,7 +79,7 @@ async fn keyed_events_keep_each_user_in_one_partition_in_order() {
     }
     // The key decides the partition, so this is the same on every run and every broker.
     let distribution = Distribution { events_per_partition: counts, users_per_partition };
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("keyed_distribution", distribution));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("keyed_distribution", distribution));
 }
 
 #[tokio::test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kit::events::sample_events;
 use kit::publish::publish_events;
-use kit::testing::{broker, unique, wait_until};
+use kit_testing::{broker, unique, wait_until};
 use serde::Serialize;
 use solution_04::{AssignmentChange, Member, Received};
 use uuid::Uuid;
@@ -83,7 +83,7 @@ async fn members_of_one_group_split_the_partitions_and_a_survivor_takes_over() {
     let mut partitions_per_member = vec![owned_a.len(), owned_b.len()];
     partitions_per_member.sort_unstable();
     let split = Split { partitions_per_member, events: got_a.len() + got_b.len(), received_by_both: overlap.len() };
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("split_between_two_members", split));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("split_between_two_members", split));
 
     // worker-b leaves: its partitions are revoked, and worker-a takes them over.
     let (_, log_b) = worker_b.leave().await.unwrap();
@@ -137,5 +137,5 @@ async fn every_group_receives_every_event() {
         assert_eq!(ids(&received), ids_of(&events), "{name} receives every event of the topic");
         per_group.insert(name, received.len());
     }
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("events_per_group", per_group));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("events_per_group", per_group));
 }

@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use kit::testing::{broker, read_topic, unique, wait_until};
 use kit::{EventType, UserEvent};
+use kit_testing::{broker, read_topic, unique, wait_until};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
@@ -65,7 +65,7 @@ fn each_bad_body_is_refused_field_by_field() {
     for (name, found) in &answers {
         assert!(!found.is_empty(), "{name}: refused without saying why");
     }
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("field_errors_of_bad_bodies", answers));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("field_errors_of_bad_bodies", answers));
 }
 
 #[test]
@@ -151,7 +151,7 @@ fn kafka_errors_are_sorted_into_retry_later_and_refused() {
     }
     // An error with no librdkafka code at all is not a known outage.
     assert!(matches!(classify(&KafkaError::Canceled), PublishError::Rejected { .. }));
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("kafka_errors_by_kind", sorted));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("kafka_errors_by_kind", sorted));
 }
 
 /// A gateway serving on an ephemeral port of 127.0.0.1, and the switch that shuts it down.
@@ -233,7 +233,7 @@ async fn over_http_good_events_are_published_bad_ones_refused_and_the_newest_rea
         assert_eq!(status, 202, "a good event is accepted with 202; got {status}: {answer}");
         accepted.push(answer);
     }
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("accepted_answer", accepted[1]));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("accepted_answer", accepted[1]));
 
     // Bad events are refused with 422 and a message per field; none of them may reach the topic.
     let bad = [
@@ -249,7 +249,7 @@ async fn over_http_good_events_are_published_bad_ones_refused_and_the_newest_rea
         assert_eq!(status, 422, "a bad event is refused with 422; got {status}: {answer}");
         refused.insert(body, answer);
     }
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("refused_answers", refused));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("refused_answers", refused));
 
     // The test's own view of the topic: the four good events, each exactly where its 202 said.
     let records = read_topic(broker, &topic, good.len(), Duration::from_secs(20)).await;
@@ -278,7 +278,7 @@ async fn over_http_good_events_are_published_bad_ones_refused_and_the_newest_rea
     let listed_ids: Vec<&Value> = messages.iter().map(|m| &m["event"]["event_id"]).collect();
     let expected_ids: Vec<&Value> = accepted[1..].iter().rev().map(|a| &a["event_id"]).collect();
     assert_eq!(listed_ids, expected_ids, "the three newest accepted events, newest first");
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("newest_messages", messages));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("newest_messages", messages));
     let (_, two) = get(&client, format!("{}/messages?limit=2", served.base)).await;
     assert_eq!(two["messages"].as_array().map(Vec::len), Some(2), "?limit=2 shows two: {two}");
 
@@ -320,7 +320,7 @@ async fn an_unreachable_kafka_is_a_503_with_a_clear_body_not_a_hang() {
     assert_eq!(status, 503, "Kafka unreachable is 503 Service Unavailable; got {status}: {answer}");
     assert!(retry_after.is_some(), "a 503 says when to come back (Retry-After)");
     assert_eq!(answer["retryable"], json!(true), "the client is told to try again later: {answer}");
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("unavailable_answer", answer));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("unavailable_answer", answer));
 
     // Validation does not need Kafka: a bad event is still a 422, at once.
     let (status, answer, _) = post(&client, &served.base, r#"{"user_id": "user-1", "event_type": "refund"}"#).await;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kit::UserEvent;
 use kit::events::sample_events;
-use kit::testing::{broker, unique};
+use kit_testing::{broker, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use redis::AsyncCommands;
 use solution_07::{
@@ -46,7 +46,7 @@ async fn duplicates_are_skipped_without_touching_state() {
 
     let stored = store.all_aggregates().await.unwrap();
     assert_eq!(stored, Aggregates::expected(&events), "Redis holds the aggregates of the distinct events, exactly");
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("aggregates_of_distinct_events", stored));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("aggregates_of_distinct_events", stored));
 
     // Applying everything again changes nothing at all.
     for event in &events {
@@ -194,6 +194,7 @@ async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
         "applied_in_total": applied_before_crash + report.applied,
         "aggregates": stored,
     });
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("aggregates_after_duplicates_and_crash", summary));
+    kit_testing::redact::settings()
+        .bind(|| insta::assert_json_snapshot!("aggregates_after_duplicates_and_crash", summary));
     store.clear().await.unwrap();
 }

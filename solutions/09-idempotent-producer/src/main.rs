@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use kit::outage::OutageCluster;
-use kit::testing::read_topic;
+use kit::read::read_topic;
 use kit::{Broker, FaultProxy};
 use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
@@ -142,7 +142,7 @@ impl<'a> Round<'a> {
         tuning: &[(&str, &str)],
     ) -> anyhow::Result<(String, FutureProducer<Watch>, Watch)> {
         // A topic per round, so each round is read back on its own.
-        let topic = kit::testing::unique("lesson09-numbered");
+        let topic = kit::topics::unique("lesson09-numbered");
         self.broker.create_topic(&topic, 3).await?;
         let mut config = config.clone();
         config

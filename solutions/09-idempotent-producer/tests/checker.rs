@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kit::testing::ReadRecord;
+use kit_testing::ReadRecord;
 use solution_09::{Numbered, OrderCheck, check_once_in_order, numbered_sequence};
 
 const KEYS: &[&str] = &["user-1", "user-2"];
@@ -43,7 +43,7 @@ fn a_clean_log_passes() {
     assert!(check.once_and_in_order(), "every record is there once, in order: {check:?}");
     assert_eq!(check.keys.len(), KEYS.len(), "one report per key");
     assert_eq!(check.keys["user-1"].read, 3, "three records of user-1 were read");
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("clean_log", verdict(&check)));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("clean_log", verdict(&check)));
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn each_fault_is_named() {
     for (name, value) in &verdicts {
         assert_eq!(value["once_and_in_order"], false, "the {name} log must not pass: {value}");
     }
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("each_fault_is_named", verdicts));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("each_fault_is_named", verdicts));
 }
 
 #[test]

@@ -7,15 +7,15 @@
 //! "a retried batch is written once" are graded in full, since the embedded broker does not check an
 //! idempotent producer's sequence numbers. Each test has its own proxy, so its faults hit its producer only.
 //! A broker outage takes a whole broker down, so that test starts a private cluster (`kit::outage`), and the
-//! outage never hits the other tests, which share `kit::testing::broker()`: an in-process mock next to the
+//! outage never hits the other tests, which share `kit_testing::broker()`: an in-process mock next to the
 //! embedded broker, Apache Kafka on this machine's JVM (killed and restarted on its data) next to real Kafka.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kit::outage::OutageCluster;
-use kit::testing::{ReadRecord, broker, can_grade, read_topic, unique, wait_until};
 use kit::{Capability, FaultProxy};
+use kit_testing::{ReadRecord, broker, can_grade, read_topic, unique, wait_until};
 use rdkafka::producer::FutureProducer;
 use solution_09::{
     Delivery, Numbered, ProducerState, WARM_UP_KEY, Watch, check_once_in_order, numbered_sequence, producer_config,
@@ -143,7 +143,7 @@ async fn the_broker_gives_the_producer_an_id() {
         "has_producer_id": state.producer_id >= 0,
         "producer_epoch": state.producer_epoch,
     });
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("producer_identity", identity));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("producer_identity", identity));
 }
 
 #[tokio::test]
@@ -243,7 +243,7 @@ async fn a_broker_outage_is_ridden_out() {
     let read = read_topic(private, &topic, records.len(), Duration::from_secs(20)).await;
     assert_once_in_order(&read, per_key, "across a broker outage");
     let check = check_once_in_order(&read, KEYS, per_key);
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("broker_outage", check));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("broker_outage", check));
 }
 
 /// Sends the numbered sequence through `proxy` while `fault` is under way, then reads the topic back from the

@@ -1,10 +1,7 @@
-//! What graded tests share: one broker per test binary, unique names, deadline-bound waits, reading a topic
-//! back, and the "not graded on this broker" report.
+//! Reading a topic back, from the beginning of every partition and outside any consumer group: the independent
+//! view of what a program really wrote, which graded tests assert on and some stories print.
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::io::Write;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -14,39 +11,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
-use crate::broker::{Broker, Capability};
-
-/// Set by `cargo xtask` to a file where tests append one JSON line per "not graded on this broker" report.
-pub const UNGRADED_LOG_ENV: &str = "WORKBOOK_UNGRADED_LOG";
-
-/// The broker every test in this binary shares, resolved once (an embedded cluster by default). The embedded
-/// cluster lives on its own thread, so tests on different tokio runtimes can all use it.
-pub fn broker() -> &'static Broker {
-    static BROKER: OnceLock<Broker> = OnceLock::new();
-    BROKER.get_or_init(|| {
-        crate::telemetry::init();
-        Broker::resolve().unwrap_or_else(|e| panic!("no broker for the tests: {e:#}"))
-    })
-}
-
-/// `prefix` plus a random suffix: topics and groups that no other test (or earlier run) uses.
-pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
-}
-
-/// Polls `probe` until it returns `Some`, or fails the test after `within` naming `what` it waited for.
-pub async fn wait_until<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    crate::wait::until(what, within, || {
-        let probed = probe();
-        async move { Ok(probed.await) }
-    })
-    .await
-    .unwrap_or_else(|timed_out| panic!("{timed_out}"))
-}
+use crate::broker::Broker;
 
 /// One record as read back from a topic, in a form tests can compare and snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -64,7 +29,7 @@ pub struct ReadRecord {
 pub async fn read_topic(broker: &Broker, topic: &str, expected: usize, within: Duration) -> Vec<ReadRecord> {
     let consumer: StreamConsumer = broker
         .consumer_base()
-        .set("group.id", unique("reader"))
+        .set("group.id", crate::topics::unique("reader"))
         .set("enable.auto.commit", "false")
         .create()
         .expect("reader consumer");
@@ -123,31 +88,4 @@ pub async fn read_topic(broker: &Broker, topic: &str, expected: usize, within: D
     drop(stream);
     records.sort_by_key(|r| (r.partition, r.offset));
     records
-}
-
-/// Whether `broker` can show `capability`. When it cannot, the report "not graded on this broker" is printed
-/// (past the test harness's capture, so it is always visible) and logged for `cargo xtask grade`/`test` to count;
-/// the caller then skips only the assertions that need the capability.
-pub fn can_grade(broker: &Broker, capability: Capability, test: &str) -> bool {
-    if broker.supports(capability) {
-        return true;
-    }
-    let line = format!(
-        "NOT GRADED ON THIS BROKER: `{test}` needs {} — {}\n",
-        capability.describe(),
-        capability.where_graded()
-    );
-    // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, not this.
-    let _ = std::io::stderr().write_all(line.as_bytes());
-    if let Ok(path) = std::env::var(UNGRADED_LOG_ENV) {
-        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let entry = serde_json::json!({
-                "crate": std::env::var("CARGO_PKG_NAME").unwrap_or_default(),
-                "test": test,
-                "capability": capability.describe(),
-            });
-            let _ = writeln!(file, "{entry}");
-        }
-    }
-    false
 }

@@ -1,7 +1,7 @@
 //! Snapshot redactions: what changes from run to run is replaced by a placeholder, so a snapshot shows only
 //! what the lesson decides.
 //!
-//! Use it around an assertion: `kit::redact::settings().bind(|| insta::assert_json_snapshot!(value))`.
+//! Use it around an assertion: `kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!(value))`.
 //! Offsets are redacted even on fresh topics: another broker (or a retry) may number them differently, and the
 //! tests assert offsets against what was read back instead.
 
