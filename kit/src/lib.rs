@@ -11,7 +11,7 @@
 //! - [`fault_proxy`]: a Kafka-aware TCP proxy that loses or delays Produce acks in front of any broker, real Kafka
 //!   included, for the behaviours that only real Kafka gets right under faults (lesson 09's lost ack).
 //! - [`wire`]: Kafka's frames through the `kafka-protocol` crate, and a blocking Metadata probe that needs no
-//!   librdkafka.
+//!   librdkafka (how [`jvm_kafka`] waits for its brokers).
 //! - [`jvm_kafka`]: real Apache Kafka on this machine's JVM (jars from Maven Central, no Docker), for
 //!   `cargo xtask kafka` and `WORKBOOK_BROKER=kafka`; also private clusters a test can crash brokers of.
 //! - [`outage`]: a private one-broker cluster a test takes down and brings back, on every broker kind.
