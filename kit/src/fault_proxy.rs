@@ -17,35 +17,38 @@
 //!   the broker: the situation in which a producer without idempotence reorders, and the broker must reject the
 //!   batch that skips ahead for an idempotent one to lose nothing.
 //!
-//! Metadata and FindCoordinator responses are parsed and their broker addresses rewritten the same way (a
-//! transactional producer or a group member learns its coordinator's address from FindCoordinator, and would
-//! otherwise go around the proxy from then on); the rest of each is copied byte for byte. Produce requests are
-//! parsed too (topics and partitions, to answer them with an error). Responses go back in the order the
-//! requests came, the synthetic ones included, as a broker would send them. Blocking sockets on plain threads
-//! keep it independent of whichever async runtime the test uses.
+//! Without faults it is also the way to give a broker a fixed address: [`FaultProxy::start_on`] binds its
+//! listeners on chosen ports, which is how `cargo xtask broker` publishes the embedded broker (whose own ports are
+//! random) on 127.0.0.1:9092.
+//!
+//! The protocol is the `kafka-protocol` crate's (see [`crate::wire`]). Metadata and FindCoordinator responses are
+//! decoded, their broker addresses rewritten (a transactional producer or a group member learns its
+//! coordinator's address from FindCoordinator, and would otherwise go around the proxy from then on) and
+//! encoded again at the version the client asked for. Produce requests are decoded (acks, topics, partitions) to
+//! answer them with an error. ApiVersions answers are decoded to cap those three APIs at the newest version the
+//! crate knows, so a client never picks one the proxy cannot read. Everything else, and every request, goes
+//! through byte for byte; a frame the proxy must read and cannot ends its connection, with a warning. Responses
+//! go back in the order the requests came, the synthetic ones included, as a broker would send them. Blocking
+//! sockets on plain threads keep it independent of whichever async runtime the test uses.
 
 use std::collections::{HashMap, VecDeque};
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::io;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
+use bytes::Bytes;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, FindCoordinatorResponse, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Message, StrBytes};
 use rdkafka::types::RDKafkaRespErr;
 
-/// Kafka API keys the proxy looks at (the protocol's numbering).
-const API_PRODUCE: i16 = 0;
-const API_METADATA: i16 = 3;
-const API_FIND_COORDINATOR: i16 = 10;
-/// Metadata responses switch to the compact ("flexible") encoding at version 9, Produce at version 9 too.
-const METADATA_FIRST_FLEXIBLE: i16 = 9;
-const PRODUCE_FIRST_FLEXIBLE: i16 = 9;
-/// FindCoordinator goes flexible at version 3 and answers for a list of keys from version 4.
-const FIND_COORDINATOR_FIRST_FLEXIBLE: i16 = 3;
-const FIND_COORDINATOR_FIRST_BATCHED: i16 = 4;
-/// A frame larger than this is not Kafka talking (the broker's own default limit is 100 MiB).
-const MAX_FRAME: usize = 128 * 1024 * 1024;
+use crate::wire::{self, malformed, read_frame, write_frame};
 
 /// What the proxy has seen and done, for tests to check that traffic went through it and faults happened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -65,9 +68,18 @@ pub struct FaultProxy {
     bootstrap: String,
 }
 
+/// Where the listeners bind, which is also the address Metadata advertises for them.
+struct Listen {
+    host: String,
+    /// `None`: any free port. `Some(first)`: the n-th listener (counting from 0, the bootstrap's) binds
+    /// `first + n`, so a published address stays the same from run to run.
+    first_port: Option<u16>,
+}
+
 struct Shared {
-    /// Upstream `host:port` → the local port of the listener that relays to it.
-    listeners: Mutex<HashMap<String, u16>>,
+    listen: Listen,
+    /// Upstream `host:port` → the address of the listener that relays to it.
+    listeners: Mutex<HashMap<String, SocketAddr>>,
     /// Open sockets (both sides of each connection), so dropping the proxy can close them.
     sockets: Mutex<Vec<TcpStream>>,
     acks_to_lose: AtomicUsize,
@@ -85,16 +97,32 @@ struct Shared {
 }
 
 impl FaultProxy {
-    /// Starts a proxy in front of the first broker of `upstream_bootstrap` (`host:port[,host:port…]`).
+    /// Starts a proxy in front of the first broker of `upstream_bootstrap` (`host:port[,host:port…]`), listening
+    /// on free loopback ports.
     pub fn start(upstream_bootstrap: &str) -> io::Result<FaultProxy> {
+        FaultProxy::listen(upstream_bootstrap, Listen { host: Ipv4Addr::LOCALHOST.to_string(), first_port: None })
+    }
+
+    /// Starts a proxy in front of `upstream_bootstrap` whose listeners bind `host`, on fixed ports: clients
+    /// bootstrap at `host:first_port`, and the n-th other broker address the proxy learns of gets
+    /// `host:first_port + n`. Brokers are numbered in the order the proxy meets their addresses, which is the
+    /// order of the first Metadata answer (Kafka and the mock list brokers by node id); their node ids are not
+    /// used, since a real cluster's need not start at 0 or 1, nor follow each other. One broker, as
+    /// `cargo xtask broker` runs, is reached at `host:first_port` alone.
+    pub fn start_on(upstream_bootstrap: &str, host: &str, first_port: u16) -> io::Result<FaultProxy> {
+        FaultProxy::listen(upstream_bootstrap, Listen { host: host.to_string(), first_port: Some(first_port) })
+    }
+
+    fn listen(upstream_bootstrap: &str, listen: Listen) -> io::Result<FaultProxy> {
         let first = upstream_bootstrap.split(',').next().unwrap_or_default().trim();
-        if first.rsplit_once(':').and_then(|(_, port)| port.parse::<u16>().ok()).is_none() {
+        let Some((host, port)) = first.rsplit_once(':').and_then(|(h, p)| Some((h, p.parse::<i32>().ok()?))) else {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("the fault proxy needs host:port, got {upstream_bootstrap:?}"),
             ));
-        }
+        };
         let shared = Arc::new(Shared {
+            listen,
             listeners: Mutex::new(HashMap::new()),
             sockets: Mutex::new(Vec::new()),
             acks_to_lose: AtomicUsize::new(0),
@@ -109,8 +137,9 @@ impl FaultProxy {
             acks_delayed: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
         });
-        let port = listener_for(&shared, first)?;
-        Ok(FaultProxy { shared, bootstrap: format!("127.0.0.1:{port}") })
+        let port = listener_for(&shared, host, port)?;
+        let bootstrap = format!("{}:{port}", shared.listen.host);
+        Ok(FaultProxy { shared, bootstrap })
     }
 
     /// The address clients bootstrap at instead of the broker's.
@@ -174,25 +203,42 @@ impl Drop for FaultProxy {
         for socket in self.shared.sockets.lock().unwrap().drain(..) {
             let _ = socket.shutdown(Shutdown::Both);
         }
-        // Each accept loop is blocked in `accept`: one connection wakes it to see `closed`.
-        for port in self.shared.listeners.lock().unwrap().values() {
-            let _ = TcpStream::connect(("127.0.0.1", *port));
+        // Each accept loop is blocked in `accept`: one connection wakes it to see `closed`. A listener on every
+        // interface (0.0.0.0) is reached on loopback.
+        for address in self.shared.listeners.lock().unwrap().values() {
+            let mut wake = *address;
+            if wake.ip().is_unspecified() {
+                wake.set_ip(Ipv4Addr::LOCALHOST.into());
+            }
+            let _ = TcpStream::connect(wake);
         }
     }
 }
 
-/// The local port relaying to `upstream`, binding a new listener the first time an address is seen.
-fn listener_for(shared: &Arc<Shared>, upstream: &str) -> io::Result<u16> {
+/// The local port relaying to the broker at `host:port`, binding a new listener the first time it is seen.
+fn listener_for(shared: &Arc<Shared>, host: &str, port: i32) -> io::Result<u16> {
+    let upstream = format!("{host}:{port}");
     let mut listeners = shared.listeners.lock().unwrap();
-    if let Some(port) = listeners.get(upstream) {
-        return Ok(*port);
+    if let Some(address) = listeners.get(&upstream) {
+        return Ok(address.port());
     }
-    let listener = TcpListener::bind(("127.0.0.1", 0))?;
-    let port = listener.local_addr()?.port();
-    listeners.insert(upstream.to_string(), port);
-    let (shared, upstream) = (Arc::clone(shared), upstream.to_string());
-    thread::Builder::new().name(format!("fault-proxy-{port}")).spawn(move || accept_all(listener, upstream, shared))?;
-    Ok(port)
+    let listen = &shared.listen;
+    let port = match listen.first_port {
+        None => 0,
+        Some(first) => u16::try_from(listeners.len()).ok().and_then(|n| first.checked_add(n)).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::AddrNotAvailable, format!("no port left above {first} for {upstream}"))
+        })?,
+    };
+    let listener = TcpListener::bind((listen.host.as_str(), port))
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}:{port} ({e})", listen.host)))?;
+    let address = listener.local_addr()?;
+    listeners.insert(upstream.clone(), address);
+    tracing::debug!("fault proxy: {address} relays to {upstream}");
+    let shared = Arc::clone(shared);
+    thread::Builder::new()
+        .name(format!("fault-proxy-{}", address.port()))
+        .spawn(move || accept_all(listener, upstream, shared))?;
+    Ok(address.port())
 }
 
 fn accept_all(listener: TcpListener, upstream: String, shared: Arc<Shared>) {
@@ -257,10 +303,11 @@ struct Answers {
 
 struct Waiting {
     correlation_id: i32,
-    api_key: i16,
+    /// `None` for an API newer than the crate: its answer is relayed untouched.
+    api_key: Option<ApiKey>,
     api_version: i16,
     /// The proxy's own answer (an injected error), sent when every answer before it has gone.
-    synthetic: Option<Vec<u8>>,
+    synthetic: Option<Bytes>,
 }
 
 impl Answers {
@@ -282,38 +329,31 @@ fn relay_requests(
 ) -> io::Result<()> {
     let result = (|| loop {
         let frame = read_frame(&mut client)?;
-        let header = RequestHeader::parse(&frame)?;
+        let mut body = frame.clone();
+        let (api_key, header) = wire::decode_request_header(&mut body)?;
         let mut waiting = Waiting {
             correlation_id: header.correlation_id,
-            api_key: header.api_key,
-            api_version: header.api_version,
+            api_key,
+            api_version: header.request_api_version,
             synthetic: None,
         };
-        if header.api_key == API_PRODUCE {
+        if api_key == Some(ApiKey::Produce) {
             shared.produce_requests.fetch_add(1, Ordering::SeqCst);
-            // A request the proxy cannot read is still forwarded: only the faults need its contents.
-            let request = ProduceRequest::parse(&frame)
-                .inspect_err(|e| tracing::warn!("fault proxy: produce request v{}: {e}", header.api_version))
-                .ok();
-            if let Some(request) = &request {
-                let error = shared.produce_errors.lock().unwrap().pop_front().filter(|code| *code != 0);
-                if let Some(code) = error {
-                    shared.requests_failed.fetch_add(1, Ordering::SeqCst);
-                    tracing::debug!(
-                        "fault proxy: answered produce request {} with error {code}",
-                        request.correlation_id
-                    );
-                    waiting.synthetic = Some(request.error_response(code));
-                    let mut answers = connection.answers.lock().unwrap();
-                    answers.waiting.push_back(waiting);
-                    answers.send_ready_synthetic()?;
-                    continue;
-                }
-                if request.acks == 0 {
-                    // acks=0: the broker sends no answer, so none is waited for.
-                    write_frame(&mut server, &frame)?;
-                    continue;
-                }
+            let request = decode_produce_request(body, header.request_api_version)?;
+            let error = shared.produce_errors.lock().unwrap().pop_front().filter(|code| *code != 0);
+            if let Some(code) = error {
+                shared.requests_failed.fetch_add(1, Ordering::SeqCst);
+                tracing::debug!("fault proxy: answered produce request {} with error {code}", header.correlation_id);
+                waiting.synthetic = Some(produce_error_response(&header, &request, code)?);
+                let mut answers = connection.answers.lock().unwrap();
+                answers.waiting.push_back(waiting);
+                answers.send_ready_synthetic()?;
+                continue;
+            }
+            if request.acks == 0 {
+                // acks=0: the broker sends no answer, so none is waited for.
+                write_frame(&mut server, &frame)?;
+                continue;
             }
         }
         connection.answers.lock().unwrap().waiting.push_back(waiting);
@@ -331,7 +371,7 @@ fn relay_responses(
 ) -> io::Result<()> {
     let result = (|| loop {
         let mut frame = read_frame(&mut server)?;
-        let correlation_id = Cursor::new(&frame).i32()?;
+        let correlation_id = wire::response_correlation_id(&frame)?;
         let request = {
             let answers = connection.answers.lock().unwrap();
             answers
@@ -340,8 +380,12 @@ fn relay_responses(
                 .find(|w| w.correlation_id == correlation_id && w.synthetic.is_none())
                 .map(|w| (w.api_key, w.api_version))
         };
+        // Clients learn of brokers at the address the proxy advertises for them.
+        let advertise = |host: &str, port: i32| -> io::Result<(String, u16)> {
+            Ok((shared.listen.host.clone(), listener_for(shared, host, port)?))
+        };
         match request {
-            Some((API_PRODUCE, _)) => {
+            Some((Some(ApiKey::Produce), _)) => {
                 let lose = shared.acks_to_lose.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
                 if lose.is_ok() {
                     shared.acks_lost.fetch_add(1, Ordering::SeqCst);
@@ -357,17 +401,15 @@ fn relay_responses(
                     thread::sleep(Duration::from_millis(delay));
                 }
             }
-            Some((API_METADATA, version)) => {
-                frame =
-                    rewrite_metadata(&frame, version, |host, port| listener_for(shared, &format!("{host}:{port}")))?;
+            Some((Some(ApiKey::Metadata), version)) => {
+                frame = rewrite_metadata(frame, version, advertise)?;
                 shared.metadata_rewritten.fetch_add(1, Ordering::SeqCst);
             }
-            Some((API_FIND_COORDINATOR, version)) => {
-                frame = rewrite_find_coordinator(&frame, version, |host, port| {
-                    listener_for(shared, &format!("{host}:{port}"))
-                })?;
+            Some((Some(ApiKey::FindCoordinator), version)) => {
+                frame = rewrite_find_coordinator(frame, version, advertise)?;
                 shared.coordinators_rewritten.fetch_add(1, Ordering::SeqCst);
             }
+            Some((Some(ApiKey::ApiVersions), version)) => frame = cap_api_versions(frame, version)?,
             _ => {}
         }
         let mut answers = connection.answers.lock().unwrap();
@@ -382,545 +424,102 @@ fn relay_responses(
     result
 }
 
-/// What the proxy needs of a Produce request to answer it itself: its version, acks, and the partitions of
-/// each topic it writes to.
-struct ProduceRequest {
-    correlation_id: i32,
-    version: i16,
-    acks: i16,
-    topics: Vec<(String, Vec<i32>)>,
+/// Decodes the body of a Produce request (`body` starts after the header). Its record batches stay opaque bytes;
+/// bytes after the body, if any, are the broker's business (the request goes to it unchanged).
+fn decode_produce_request(mut body: Bytes, version: i16) -> io::Result<ProduceRequest> {
+    ProduceRequest::decode(&mut body, version).map_err(|e| malformed(format!("Produce request v{version}: {e}")))
 }
 
-impl ProduceRequest {
-    fn parse(frame: &[u8]) -> io::Result<ProduceRequest> {
-        let mut cursor = Cursor::new(frame);
-        let (_api_key, version, correlation_id) = (cursor.i16()?, cursor.i16()?, cursor.i32()?);
-        let flexible = version >= PRODUCE_FIRST_FLEXIBLE;
-        cursor.string(false)?; // client_id: a classic string in every request header version
-        if flexible {
-            cursor.skip_tagged_fields()?;
+/// The answer a broker gives when it refuses every partition of `request` with `error_code`, at the version the
+/// client asked for (with no offset: -1, as Kafka answers an error).
+fn produce_error_response(header: &RequestHeader, request: &ProduceRequest, error_code: i16) -> io::Result<Bytes> {
+    let mut response = ProduceResponse::default();
+    for topic in &request.topic_data {
+        // A topic is named up to version 12 and identified by id from 13: echo both, the version keeps its own.
+        let mut answer = TopicProduceResponse::default().with_name(topic.name.clone()).with_topic_id(topic.topic_id);
+        for partition in &topic.partition_data {
+            answer.partition_responses.push(
+                PartitionProduceResponse::default()
+                    .with_index(partition.index)
+                    .with_error_code(error_code)
+                    .with_base_offset(-1),
+            );
         }
-        if version >= 3 {
-            cursor.string(flexible)?; // transactional_id
-        }
-        let acks = cursor.i16()?;
-        cursor.i32()?; // timeout_ms
-        let mut topics = Vec::new();
-        for _ in 0..cursor.len(flexible)?.unwrap_or(0) {
-            let name = cursor.string(flexible)?.ok_or_else(|| invalid("null topic name"))?;
-            let mut partitions = Vec::new();
-            for _ in 0..cursor.len(flexible)?.unwrap_or(0) {
-                partitions.push(cursor.i32()?);
-                let records = if flexible { cursor.compact_len()? } else { cursor.array_len()? };
-                cursor.take(records.unwrap_or(0))?;
-                if flexible {
-                    cursor.skip_tagged_fields()?;
-                }
-            }
-            if flexible {
-                cursor.skip_tagged_fields()?;
-            }
-            topics.push((name, partitions));
-        }
-        Ok(ProduceRequest { correlation_id, version, acks, topics })
+        response.responses.push(answer);
     }
-
-    /// The answer a broker gives when it refuses the whole request with `error_code`.
-    fn error_response(&self, error_code: i16) -> Vec<u8> {
-        let (version, flexible) = (self.version, self.version >= PRODUCE_FIRST_FLEXIBLE);
-        let mut out = self.correlation_id.to_be_bytes().to_vec();
-        if flexible {
-            put_uvarint(&mut out, 0); // response header v1: no tagged fields
-        }
-        put_len(&mut out, Some(self.topics.len()), flexible);
-        for (name, partitions) in &self.topics {
-            put_string(&mut out, Some(name), flexible);
-            put_len(&mut out, Some(partitions.len()), flexible);
-            for partition in partitions {
-                out.extend_from_slice(&partition.to_be_bytes());
-                out.extend_from_slice(&error_code.to_be_bytes());
-                out.extend_from_slice(&(-1i64).to_be_bytes()); // base_offset
-                if version >= 2 {
-                    out.extend_from_slice(&(-1i64).to_be_bytes()); // log_append_time_ms
-                }
-                if version >= 5 {
-                    out.extend_from_slice(&(-1i64).to_be_bytes()); // log_start_offset
-                }
-                if version >= 8 {
-                    put_len(&mut out, Some(0), flexible); // record_errors
-                    put_string(&mut out, None, flexible); // error_message
-                }
-                if flexible {
-                    put_uvarint(&mut out, 0);
-                }
-            }
-            if flexible {
-                put_uvarint(&mut out, 0);
-            }
-        }
-        if version >= 1 {
-            out.extend_from_slice(&0i32.to_be_bytes()); // throttle_time_ms
-        }
-        if flexible {
-            put_uvarint(&mut out, 0);
-        }
-        out
-    }
+    let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
+    wire::encode_response(ApiKey::Produce, header.request_api_version, &response_header, &response, &[])
 }
 
-struct RequestHeader {
-    api_key: i16,
-    api_version: i16,
-    correlation_id: i32,
-}
-
-impl RequestHeader {
-    fn parse(frame: &[u8]) -> io::Result<RequestHeader> {
-        let mut cursor = Cursor::new(frame);
-        Ok(RequestHeader { api_key: cursor.i16()?, api_version: cursor.i16()?, correlation_id: cursor.i32()? })
-    }
-}
-
-fn read_frame(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut size = [0u8; 4];
-    stream.read_exact(&mut size)?;
-    let size = i32::from_be_bytes(size);
-    let size = usize::try_from(size).ok().filter(|s| *s <= MAX_FRAME).ok_or_else(|| invalid("frame size"))?;
-    let mut frame = vec![0u8; size];
-    stream.read_exact(&mut frame)?;
-    Ok(frame)
-}
-
-fn write_frame(stream: &mut TcpStream, frame: &[u8]) -> io::Result<()> {
-    let mut out = Vec::with_capacity(frame.len() + 4);
-    out.extend_from_slice(&(frame.len() as i32).to_be_bytes());
-    out.extend_from_slice(frame);
-    stream.write_all(&out)
-}
-
-/// Rewrites the broker list of a Metadata response (`frame` starts at the correlation id) so each broker's
-/// address is `127.0.0.1:<port>`, the port coming from `relay_port(host, port)`. Everything after the broker
-/// list is copied unchanged.
+/// Rewrites the broker list of a Metadata response (`frame` is header and body) so each broker's address is the
+/// one `advertise(host, port)` gives for it; every other field, and the response's version, stay as they were,
+/// and bytes after the body are copied as they came.
 pub(crate) fn rewrite_metadata(
-    frame: &[u8],
+    frame: Bytes,
     version: i16,
-    mut relay_port: impl FnMut(&str, i32) -> io::Result<u16>,
-) -> io::Result<Vec<u8>> {
-    let flexible = version >= METADATA_FIRST_FLEXIBLE;
-    let mut cursor = Cursor::new(frame);
-    let mut out = Vec::with_capacity(frame.len() + 64);
-    out.extend_from_slice(cursor.take(4)?); // correlation id
-    if flexible {
-        cursor.copy_tagged_fields(&mut out)?; // response header v1
+    mut advertise: impl FnMut(&str, i32) -> io::Result<(String, u16)>,
+) -> io::Result<Bytes> {
+    let (header, mut response, trailer) = wire::decode_response::<MetadataResponse>(frame, ApiKey::Metadata, version)?;
+    for broker in &mut response.brokers {
+        (broker.host, broker.port) = advertised(&mut advertise, &broker.host, broker.port)?;
     }
-    if version >= 3 {
-        out.extend_from_slice(cursor.take(4)?); // throttle_time_ms
-    }
-    let brokers = if flexible { cursor.compact_len()? } else { cursor.array_len()? };
-    put_len(&mut out, brokers, flexible);
-    for _ in 0..brokers.unwrap_or(0) {
-        out.extend_from_slice(cursor.take(4)?); // node_id
-        let host = cursor.string(flexible)?.ok_or_else(|| invalid("null broker host"))?;
-        let port = cursor.i32()?;
-        let local = relay_port(&host, port)?;
-        put_string(&mut out, Some("127.0.0.1"), flexible);
-        out.extend_from_slice(&i32::from(local).to_be_bytes());
-        if version >= 1 {
-            let rack = cursor.string(flexible)?;
-            put_string(&mut out, rack.as_deref(), flexible);
-        }
-        if flexible {
-            cursor.copy_tagged_fields(&mut out)?;
-        }
-    }
-    out.extend_from_slice(cursor.rest());
-    Ok(out)
+    wire::encode_response(ApiKey::Metadata, version, &header, &response, &trailer)
 }
 
 /// Rewrites the coordinator address(es) of a FindCoordinator response the way [`rewrite_metadata`] rewrites
-/// brokers. An error answer (no coordinator yet: empty host, port -1) is left as it is.
+/// brokers: the one coordinator up to version 3, each key's from version 4 (several keys in one request). An
+/// answer without a coordinator (an error: empty host, port -1) is left as it is.
 pub(crate) fn rewrite_find_coordinator(
-    frame: &[u8],
+    frame: Bytes,
     version: i16,
-    mut relay_port: impl FnMut(&str, i32) -> io::Result<u16>,
-) -> io::Result<Vec<u8>> {
-    let flexible = version >= FIND_COORDINATOR_FIRST_FLEXIBLE;
-    let mut cursor = Cursor::new(frame);
-    let mut out = Vec::with_capacity(frame.len() + 32);
-    out.extend_from_slice(cursor.take(4)?); // correlation id
-    if flexible {
-        cursor.copy_tagged_fields(&mut out)?;
+    mut advertise: impl FnMut(&str, i32) -> io::Result<(String, u16)>,
+) -> io::Result<Bytes> {
+    let (header, mut response, trailer) =
+        wire::decode_response::<FindCoordinatorResponse>(frame, ApiKey::FindCoordinator, version)?;
+    let has_coordinator = |host: &StrBytes, port: i32| !host.is_empty() && port >= 0;
+    if has_coordinator(&response.host, response.port) {
+        (response.host, response.port) = advertised(&mut advertise, &response.host, response.port)?;
     }
-    if version >= 1 {
-        out.extend_from_slice(cursor.take(4)?); // throttle_time_ms
+    for coordinator in &mut response.coordinators {
+        if has_coordinator(&coordinator.host, coordinator.port) {
+            (coordinator.host, coordinator.port) = advertised(&mut advertise, &coordinator.host, coordinator.port)?;
+        }
     }
-    // node_id, host and port, rewritten unless the answer carries no coordinator.
-    let mut address = |cursor: &mut Cursor, out: &mut Vec<u8>| -> io::Result<()> {
-        out.extend_from_slice(cursor.take(4)?); // node_id
-        let host = cursor.string(flexible)?;
-        let port = cursor.i32()?;
-        match host {
-            Some(host) if !host.is_empty() && port >= 0 => {
-                let local = relay_port(&host, port)?;
-                put_string(out, Some("127.0.0.1"), flexible);
-                out.extend_from_slice(&i32::from(local).to_be_bytes());
-            }
-            host => {
-                put_string(out, host.as_deref(), flexible);
-                out.extend_from_slice(&port.to_be_bytes());
-            }
-        }
-        Ok(())
-    };
-    if version >= FIND_COORDINATOR_FIRST_BATCHED {
-        let coordinators = cursor.compact_len()?;
-        put_len(&mut out, coordinators, true);
-        for _ in 0..coordinators.unwrap_or(0) {
-            let key = cursor.string(true)?;
-            put_string(&mut out, key.as_deref(), true);
-            address(&mut cursor, &mut out)?;
-            out.extend_from_slice(cursor.take(2)?); // error_code
-            let message = cursor.string(true)?;
-            put_string(&mut out, message.as_deref(), true);
-            cursor.copy_tagged_fields(&mut out)?;
-        }
-    } else {
-        out.extend_from_slice(cursor.take(2)?); // error_code
-        if version >= 1 {
-            let message = cursor.string(flexible)?;
-            put_string(&mut out, message.as_deref(), flexible);
-        }
-        address(&mut cursor, &mut out)?;
-    }
-    out.extend_from_slice(cursor.rest());
-    Ok(out)
+    wire::encode_response(ApiKey::FindCoordinator, version, &header, &response, &trailer)
 }
 
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("fault proxy: malformed Kafka frame ({what})"))
+fn advertised(
+    advertise: &mut impl FnMut(&str, i32) -> io::Result<(String, u16)>,
+    host: &StrBytes,
+    port: i32,
+) -> io::Result<(StrBytes, i32)> {
+    let (host, port) = advertise(host.as_str(), port)?;
+    Ok((StrBytes::from_string(host), i32::from(port)))
 }
 
-/// Reads the protocol's big-endian integers, strings and varints from a frame.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn new(bytes: &'a [u8]) -> Cursor<'a> {
-        Cursor { bytes, at: 0 }
+/// Lowers the newest version a broker offers for the APIs the proxy decodes (Produce, Metadata, FindCoordinator)
+/// to the newest the crate knows: a client uses the newest version both sides offer, and one the proxy could not
+/// read would cost the client its connection (a broker newer than the crate). Other APIs are relayed as they
+/// are, so their versions stay the broker's.
+pub(crate) fn cap_api_versions(frame: Bytes, version: i16) -> io::Result<Bytes> {
+    // A broker answers an ApiVersions version it does not know with UNSUPPORTED_VERSION, encoded at version 0
+    // whatever was asked, and the client retries with an older one: an error answer (the error code follows the
+    // 4-byte correlation id, ApiVersions answers always having response header version 0), or one newer than the
+    // crate, is relayed as it is.
+    let error_code = frame.get(4..6).map(|code| i16::from_be_bytes([code[0], code[1]]));
+    if version > ApiVersionsResponse::VERSIONS.max || error_code != Some(0) {
+        return Ok(frame);
     }
-
-    fn take(&mut self, n: usize) -> io::Result<&'a [u8]> {
-        let end = self.at.checked_add(n).filter(|end| *end <= self.bytes.len()).ok_or_else(|| invalid("too short"))?;
-        let slice = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(slice)
-    }
-
-    fn rest(&self) -> &'a [u8] {
-        &self.bytes[self.at..]
-    }
-
-    fn i16(&mut self) -> io::Result<i16> {
-        Ok(i16::from_be_bytes(self.take(2)?.try_into().expect("2 bytes")))
-    }
-
-    fn i32(&mut self) -> io::Result<i32> {
-        Ok(i32::from_be_bytes(self.take(4)?.try_into().expect("4 bytes")))
-    }
-
-    fn uvarint(&mut self) -> io::Result<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = self.take(1)?[0];
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Ok(value);
-            }
-        }
-        Err(invalid("varint too long"))
-    }
-
-    /// A classic array length: int32, -1 for null.
-    fn array_len(&mut self) -> io::Result<Option<usize>> {
-        let n = self.i32()?;
-        Ok(usize::try_from(n).ok())
-    }
-
-    /// A compact length: unsigned varint of length + 1, 0 for null.
-    fn compact_len(&mut self) -> io::Result<Option<usize>> {
-        let n = self.uvarint()?;
-        Ok(n.checked_sub(1).map(|n| n as usize))
-    }
-
-    fn string(&mut self, compact: bool) -> io::Result<Option<String>> {
-        let len = if compact { self.compact_len()? } else { usize::try_from(self.i16()?).ok() };
-        match len {
-            None => Ok(None),
-            Some(len) => {
-                let bytes = self.take(len)?;
-                String::from_utf8(bytes.to_vec()).map(Some).map_err(|_| invalid("string is not UTF-8"))
-            }
+    let (header, mut response, trailer) =
+        wire::decode_response::<ApiVersionsResponse>(frame, ApiKey::ApiVersions, version)?;
+    for api in &mut response.api_keys {
+        if let Ok(key @ (ApiKey::Produce | ApiKey::Metadata | ApiKey::FindCoordinator)) = ApiKey::try_from(api.api_key)
+        {
+            api.max_version = api.max_version.min(key.valid_versions().max);
         }
     }
-
-    fn len(&mut self, compact: bool) -> io::Result<Option<usize>> {
-        if compact { self.compact_len() } else { self.array_len() }
-    }
-
-    fn skip_tagged_fields(&mut self) -> io::Result<()> {
-        self.copy_tagged_fields(&mut Vec::new())
-    }
-
-    /// Copies a tagged-field section (count, then tag + size + bytes each) as it is.
-    fn copy_tagged_fields(&mut self, out: &mut Vec<u8>) -> io::Result<()> {
-        let start = self.at;
-        let count = self.uvarint()?;
-        for _ in 0..count {
-            self.uvarint()?;
-            let size = self.uvarint()? as usize;
-            self.take(size)?;
-        }
-        out.extend_from_slice(&self.bytes[start..self.at]);
-        Ok(())
-    }
-}
-
-fn put_uvarint(out: &mut Vec<u8>, mut value: u64) {
-    while value >= 0x80 {
-        out.push((value as u8 & 0x7f) | 0x80);
-        value >>= 7;
-    }
-    out.push(value as u8);
-}
-
-fn put_len(out: &mut Vec<u8>, len: Option<usize>, compact: bool) {
-    match (len, compact) {
-        (None, true) => put_uvarint(out, 0),
-        (Some(n), true) => put_uvarint(out, n as u64 + 1),
-        (None, false) => out.extend_from_slice(&(-1i32).to_be_bytes()),
-        (Some(n), false) => out.extend_from_slice(&(n as i32).to_be_bytes()),
-    }
-}
-
-fn put_string(out: &mut Vec<u8>, value: Option<&str>, compact: bool) {
-    match (value, compact) {
-        (None, true) => put_uvarint(out, 0),
-        (Some(s), true) => {
-            put_uvarint(out, s.len() as u64 + 1);
-            out.extend_from_slice(s.as_bytes());
-        }
-        (None, false) => out.extend_from_slice(&(-1i16).to_be_bytes()),
-        (Some(s), false) => {
-            out.extend_from_slice(&(s.len() as i16).to_be_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
-    }
+    wire::encode_response(ApiKey::ApiVersions, version, &header, &response, &trailer)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A Metadata response with two brokers, encoded by hand for `version`, followed by a stand-in tail.
-    fn metadata_frame(version: i16, brokers: &[(i32, &str, i32, Option<&str>)]) -> Vec<u8> {
-        let flexible = version >= METADATA_FIRST_FLEXIBLE;
-        let mut out = 42i32.to_be_bytes().to_vec();
-        if flexible {
-            put_uvarint(&mut out, 0);
-        }
-        if version >= 3 {
-            out.extend_from_slice(&0i32.to_be_bytes());
-        }
-        put_len(&mut out, Some(brokers.len()), flexible);
-        for (id, host, port, rack) in brokers {
-            out.extend_from_slice(&id.to_be_bytes());
-            put_string(&mut out, Some(host), flexible);
-            out.extend_from_slice(&port.to_be_bytes());
-            if version >= 1 {
-                put_string(&mut out, *rack, flexible);
-            }
-            if flexible {
-                // One tagged field, to prove they are carried over.
-                put_uvarint(&mut out, 1);
-                put_uvarint(&mut out, 7);
-                put_uvarint(&mut out, 2);
-                out.extend_from_slice(b"ok");
-            }
-        }
-        out.extend_from_slice(b"TAIL");
-        out
-    }
-
-    fn rewritten(version: i16) -> (Vec<u8>, Vec<(String, i32)>) {
-        let original =
-            metadata_frame(version, &[(1, "kafka-a.internal", 9092, Some("r1")), (2, "10.0.0.7", 9093, None)]);
-        let mut seen = Vec::new();
-        let out = rewrite_metadata(&original, version, |host, port| {
-            seen.push((host.to_string(), port));
-            Ok(40000 + seen.len() as u16)
-        })
-        .unwrap();
-        (out, seen)
-    }
-
-    #[test]
-    fn classic_and_flexible_metadata_point_every_broker_at_the_proxy() {
-        for version in [0, 1, 3, 8, 9, 12] {
-            let (out, seen) = rewritten(version);
-            assert_eq!(seen, [("kafka-a.internal".to_string(), 9092), ("10.0.0.7".to_string(), 9093)], "v{version}");
-            let rack = if version >= 1 { [Some("r1"), None] } else { [None, None] };
-            let expected =
-                metadata_frame(version, &[(1, "127.0.0.1", 40001, rack[0]), (2, "127.0.0.1", 40002, rack[1])]);
-            assert_eq!(out, expected, "metadata v{version} rewritten, the rest copied unchanged");
-        }
-    }
-
-    /// A FindCoordinator response for `version` naming `host:port`, encoded by hand.
-    fn coordinator_frame(version: i16, host: &str, port: i32) -> Vec<u8> {
-        let flexible = version >= FIND_COORDINATOR_FIRST_FLEXIBLE;
-        let mut out = 9i32.to_be_bytes().to_vec();
-        if flexible {
-            put_uvarint(&mut out, 0);
-        }
-        if version >= 1 {
-            out.extend_from_slice(&0i32.to_be_bytes());
-        }
-        let address = |out: &mut Vec<u8>| {
-            out.extend_from_slice(&2i32.to_be_bytes());
-            put_string(out, Some(host), flexible);
-            out.extend_from_slice(&port.to_be_bytes());
-        };
-        if version >= FIND_COORDINATOR_FIRST_BATCHED {
-            put_len(&mut out, Some(1), true);
-            put_string(&mut out, Some("my-transactional-id"), true);
-            address(&mut out);
-            out.extend_from_slice(&0i16.to_be_bytes());
-            put_string(&mut out, None, true);
-            put_uvarint(&mut out, 0);
-        } else {
-            out.extend_from_slice(&0i16.to_be_bytes());
-            if version >= 1 {
-                put_string(&mut out, Some("ok"), flexible);
-            }
-            address(&mut out);
-        }
-        if flexible {
-            put_uvarint(&mut out, 0);
-        }
-        out
-    }
-
-    #[test]
-    fn coordinators_point_at_the_proxy_in_every_version() {
-        for version in [0, 1, 2, 3, 4, 6] {
-            let mut seen = Vec::new();
-            let out = rewrite_find_coordinator(&coordinator_frame(version, "kafka-b", 9093), version, |host, port| {
-                seen.push((host.to_string(), port));
-                Ok(40_002)
-            })
-            .unwrap();
-            assert_eq!(seen, [("kafka-b".to_string(), 9093)], "v{version}");
-            assert_eq!(out, coordinator_frame(version, "127.0.0.1", 40_002), "v{version}");
-            // No coordinator yet (an error answer): nothing to relay, the answer passes unchanged.
-            let none = coordinator_frame(version, "", -1);
-            assert_eq!(rewrite_find_coordinator(&none, version, |_, _| panic!("no relay")).unwrap(), none);
-        }
-    }
-
-    #[test]
-    fn a_truncated_frame_is_an_error_not_a_panic() {
-        let frame = metadata_frame(12, &[(1, "kafka", 9092, None)]);
-        let cut = &frame[..frame.len() - 20];
-        assert!(rewrite_metadata(cut, 12, |_, _| Ok(1)).is_err());
-    }
-
-    /// A Produce request for `version` writing to partitions 0 and 2 of `clicks`, encoded by hand.
-    fn produce_request(version: i16, acks: i16) -> Vec<u8> {
-        let flexible = version >= PRODUCE_FIRST_FLEXIBLE;
-        let mut out = Vec::new();
-        out.extend_from_slice(&API_PRODUCE.to_be_bytes());
-        out.extend_from_slice(&version.to_be_bytes());
-        out.extend_from_slice(&7i32.to_be_bytes());
-        put_string(&mut out, Some("rdkafka"), false);
-        if flexible {
-            put_uvarint(&mut out, 0);
-        }
-        if version >= 3 {
-            put_string(&mut out, None, flexible);
-        }
-        out.extend_from_slice(&acks.to_be_bytes());
-        out.extend_from_slice(&30_000i32.to_be_bytes());
-        put_len(&mut out, Some(1), flexible);
-        put_string(&mut out, Some("clicks"), flexible);
-        put_len(&mut out, Some(2), flexible);
-        for partition in [0i32, 2] {
-            out.extend_from_slice(&partition.to_be_bytes());
-            let records = b"batch-bytes";
-            put_len(&mut out, Some(records.len()), flexible);
-            out.extend_from_slice(records);
-            if flexible {
-                put_uvarint(&mut out, 0);
-            }
-        }
-        if flexible {
-            put_uvarint(&mut out, 0);
-            put_uvarint(&mut out, 0);
-        }
-        out
-    }
-
-    #[test]
-    fn a_produce_request_is_answered_with_the_error_for_each_partition() {
-        for version in [3, 7, 8, 9, 10] {
-            let request = ProduceRequest::parse(&produce_request(version, -1)).unwrap();
-            assert_eq!((request.correlation_id, request.acks), (7, -1), "v{version}");
-            assert_eq!(request.topics, [("clicks".to_string(), vec![0, 2])], "v{version}");
-
-            let flexible = version >= PRODUCE_FIRST_FLEXIBLE;
-            let response = request.error_response(6);
-            let mut cursor = Cursor::new(&response);
-            assert_eq!(cursor.i32().unwrap(), 7, "the correlation id comes first");
-            if flexible {
-                cursor.skip_tagged_fields().unwrap();
-            }
-            assert_eq!(cursor.len(flexible).unwrap(), Some(1));
-            assert_eq!(cursor.string(flexible).unwrap().as_deref(), Some("clicks"));
-            assert_eq!(cursor.len(flexible).unwrap(), Some(2));
-            for expected in [0, 2] {
-                assert_eq!(cursor.i32().unwrap(), expected, "partition index");
-                assert_eq!(cursor.i16().unwrap(), 6, "error code");
-                let offsets = if version >= 5 { 3 } else { 2 };
-                for _ in 0..offsets {
-                    assert_eq!(cursor.take(8).unwrap(), (-1i64).to_be_bytes());
-                }
-                if version >= 8 {
-                    assert_eq!(cursor.len(flexible).unwrap(), Some(0), "no record errors");
-                    assert_eq!(cursor.string(flexible).unwrap(), None, "no error message");
-                }
-                if flexible {
-                    cursor.skip_tagged_fields().unwrap();
-                }
-            }
-            if flexible {
-                cursor.skip_tagged_fields().unwrap();
-            }
-            assert_eq!(cursor.i32().unwrap(), 0, "throttle time");
-            if flexible {
-                cursor.skip_tagged_fields().unwrap();
-            }
-            assert!(cursor.rest().is_empty(), "v{version}: nothing after the response");
-        }
-        assert_eq!(ProduceRequest::parse(&produce_request(7, 0)).unwrap().acks, 0);
-    }
-
-    #[test]
-    fn varints_round_trip() {
-        for value in [0u64, 1, 127, 128, 300, 16_384, u32::MAX as u64] {
-            let mut out = Vec::new();
-            put_uvarint(&mut out, value);
-            assert_eq!(Cursor::new(&out).uvarint().unwrap(), value);
-        }
-    }
-}
+mod tests;

@@ -35,8 +35,6 @@ use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// The Apache Kafka version the workbook runs (the same as `docker-compose.yml` and the test containers).
 pub const KAFKA_VERSION: &str = crate::containers::KAFKA_TAG;
@@ -537,18 +535,15 @@ impl JvmCluster {
 
     fn wait_ready(&mut self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
-        let probe: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap_servers())
-            .set("log_level", "0")
-            .create()
-            .context("a metadata probe")?;
         let expected = self.spec.brokers as usize;
         let mut last: String;
         loop {
             self.check_alive()?;
-            match probe.fetch_metadata(None, Duration::from_secs(2)) {
-                Ok(metadata) if metadata.brokers().len() >= expected => return Ok(()),
-                Ok(metadata) => last = format!("{} of {expected} brokers registered", metadata.brokers().len()),
+            // A plain Metadata round trip (kit::wire), not a librdkafka client: nothing to set up or tear down,
+            // and this module builds without rdkafka.
+            match crate::wire::metadata_brokers(&self.bootstrap_servers(), Duration::from_secs(2)) {
+                Ok(brokers) if brokers.len() >= expected => return Ok(()),
+                Ok(brokers) => last = format!("{} of {expected} brokers registered", brokers.len()),
                 Err(e) => last = e.to_string(),
             }
             if Instant::now() >= deadline {

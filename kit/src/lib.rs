@@ -11,6 +11,8 @@
 //!   injection, and can publish it on a fixed address such as `127.0.0.1:9092` for other processes.
 //! - [`fault_proxy`]: a Kafka-aware TCP proxy that loses or delays Produce acks in front of any broker, real Kafka
 //!   included, for the behaviours that only real Kafka gets right under faults (lesson 09's lost ack).
+//! - [`wire`]: Kafka's frames through the `kafka-protocol` crate, and a blocking Metadata probe that needs no
+//!   librdkafka (how [`jvm_kafka`] waits for its brokers).
 //! - [`jvm_kafka`]: real Apache Kafka on this machine's JVM (jars from Maven Central, no Docker), for
 //!   `cargo xtask kafka` and `WORKBOOK_BROKER=kafka`; also private clusters a test can crash brokers of.
 //! - [`outage`]: a private one-broker cluster a test takes down and brings back, on every broker kind.
@@ -60,6 +62,7 @@ pub mod telemetry;
 pub mod topics;
 #[cfg(feature = "clients")]
 pub mod wait;
+pub mod wire;
 
 #[cfg(feature = "clients")]
 pub use broker::{Broker, BrokerError, BrokerKind, Capability};

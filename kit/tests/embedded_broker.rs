@@ -82,6 +82,36 @@ async fn a_published_cluster_serves_clients_on_its_fixed_address() {
 }
 
 #[test]
+fn the_wire_probe_lists_every_broker_of_a_cluster() {
+    let cluster = EmbeddedCluster::start(3).unwrap();
+    let mut brokers = kit::wire::metadata_brokers(cluster.bootstrap_servers(), Duration::from_secs(10)).unwrap();
+    brokers.sort_by_key(|broker| broker.node_id);
+    let listed: Vec<_> = brokers.iter().map(|b| format!("{}:{}", b.host, b.port)).collect();
+    assert_eq!(brokers.iter().map(|b| b.node_id).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(listed.join(","), cluster.bootstrap_servers(), "each broker where it listens");
+
+    // The broker of this test binary, whichever it is (Apache Kafka too with KAFKA_BOOTSTRAP_SERVERS).
+    let brokers = kit::wire::metadata_brokers(broker().bootstrap_servers(), Duration::from_secs(10)).unwrap();
+    assert!(!brokers.is_empty() && brokers.iter().all(|b| b.port > 0), "{brokers:?}");
+}
+
+#[test]
+fn the_wire_probe_gives_up_at_its_deadline_and_names_each_address() {
+    let (nothing, also_nothing) = (free_ports(1), free_ports(1));
+    let bootstrap = format!("127.0.0.1:{nothing},127.0.0.1:{also_nothing}");
+    let started = std::time::Instant::now();
+    let error = kit::wire::metadata_brokers(&bootstrap, Duration::from_secs(2)).unwrap_err().to_string();
+    assert!(started.elapsed() < Duration::from_secs(10), "bounded by its deadline: {:?}", started.elapsed());
+    assert!(error.contains(&format!(":{nothing}")) && error.contains(&format!(":{also_nothing}")), "{error}");
+
+    // A listener that accepts and never answers: the read, not only the connect, keeps to the deadline.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let started = std::time::Instant::now();
+    let error = kit::wire::metadata_brokers(&silent.local_addr().unwrap().to_string(), Duration::from_millis(500));
+    assert!(error.is_err() && started.elapsed() < Duration::from_secs(5), "{error:?} after {:?}", started.elapsed());
+}
+
+#[test]
 fn an_unreachable_broker_is_reported_with_how_to_start_one() {
     let port = free_port(); // nothing listens there
     let err = Broker::connect(BrokerKind::External, format!("127.0.0.1:{port}"), "KAFKA_BOOTSTRAP_SERVERS".into())
@@ -92,5 +122,18 @@ fn an_unreachable_broker_is_reported_with_how_to_start_one() {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    free_ports(1)
+}
+
+/// The first of `count` consecutive loopback ports that were all free when looked at.
+fn free_ports(count: u16) -> u16 {
+    for _ in 0..50 {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let all_free = (0..count)
+            .all(|n| first.checked_add(n).is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()));
+        if all_free {
+            return first;
+        }
+    }
+    panic!("no {count} consecutive free ports on loopback");
 }
