@@ -5,20 +5,15 @@
 //! is the `Send + Sync` handle that ships closures to that thread and waits for their answers. When the last
 //! handle is dropped, the thread ends and the cluster is destroyed.
 //!
-//! The mock binds random ports. [`EmbeddedCluster::publish`] gives it a fixed address (for
-//! `cargo xtask broker` on 127.0.0.1:9092): librdkafka can change the address a mock broker *advertises* in
-//! metadata, but not the one it *listens* on, so a small TCP forwarder listens on the fixed port and relays to
-//! the real one.
+//! The mock binds random ports. To give it a fixed address (`cargo xtask broker` on 127.0.0.1:9092), put a
+//! [`crate::FaultProxy`] started with [`crate::FaultProxy::start_on`] in front of it: the proxy listens on the
+//! fixed ports and rewrites Metadata so clients keep to them.
 
-use std::ffi::CString;
-use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::bindings as rdsys;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -37,12 +32,6 @@ impl HostedMock {
     /// The safe rdkafka API over the mock (topics, faults, round-trip times).
     pub fn mock(&self) -> Mock<'_> {
         self.owner.client().mock_cluster().expect("the owning client was created with test.mock.num.brokers")
-    }
-
-    fn raw(&self) -> *mut rdsys::rd_kafka_mock_cluster_t {
-        // SAFETY: the pointer comes from a live client that owns a mock cluster; it is only used on this thread
-        // while `self` (and so the client) is alive.
-        unsafe { rdsys::rd_kafka_handle_mock_cluster(self.owner.client().native_ptr()) }
     }
 }
 
@@ -140,66 +129,4 @@ impl EmbeddedCluster {
         self.with(move |h| h.mock().broker_round_trip_time(id, delay))
             .map_err(|e| anyhow::anyhow!("broker_round_trip_time({id}): {e}"))
     }
-
-    /// Publishes the cluster on fixed addresses: broker `k` (1-based) on `host:first_port + k - 1`. Clients that
-    /// bootstrap there get metadata naming the fixed addresses, and a forwarder relays each to the real port.
-    /// Returns the new bootstrap list.
-    pub fn publish(&self, host: &str, first_port: u16) -> anyhow::Result<String> {
-        let real_ports: Vec<u16> = self
-            .bootstrap_servers
-            .split(',')
-            .map(|hp| hp.rsplit(':').next().and_then(|p| p.parse().ok()))
-            .collect::<Option<_>>()
-            .ok_or_else(|| anyhow::anyhow!("unexpected mock bootstrap list {:?}", self.bootstrap_servers))?;
-        let mut published = Vec::new();
-        for (index, real_port) in real_ports.into_iter().enumerate() {
-            let fixed_port = first_port + index as u16;
-            let listener = TcpListener::bind((host, fixed_port)).map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen on {host}:{fixed_port} ({e}). Is another broker running there? \
-                     Stop it, or pick another port with --port."
-                )
-            })?;
-            let upstream: SocketAddr = ([127, 0, 0, 1], real_port).into();
-            thread::Builder::new()
-                .name(format!("forward-{fixed_port}"))
-                .spawn(move || forward_all(listener, upstream))?;
-            let broker_id = index as i32 + 1;
-            let host_c = CString::new(host)?;
-            self.with(move |h| {
-                // SAFETY: `raw()` is valid on this thread while `h` lives; librdkafka copies the host string.
-                unsafe {
-                    rdsys::rd_kafka_mock_broker_set_host_port(
-                        h.raw(),
-                        broker_id,
-                        host_c.as_ptr(),
-                        i32::from(fixed_port),
-                    )
-                }
-            });
-            published.push(format!("{host}:{fixed_port}"));
-        }
-        Ok(published.join(","))
-    }
-}
-
-/// Accepts connections forever and relays each one to `upstream`, both directions, on two threads.
-fn forward_all(listener: TcpListener, upstream: SocketAddr) {
-    for client in listener.incoming().flatten() {
-        let Ok(server) = TcpStream::connect(upstream) else {
-            let _ = client.shutdown(Shutdown::Both);
-            continue;
-        };
-        let _ = client.set_nodelay(true);
-        let _ = server.set_nodelay(true);
-        if let (Ok(client2), Ok(server2)) = (client.try_clone(), server.try_clone()) {
-            thread::spawn(move || pipe(client, server));
-            thread::spawn(move || pipe(server2, client2));
-        }
-    }
-}
-
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
-    let _ = io::copy(&mut from, &mut to);
-    let _ = to.shutdown(Shutdown::Write);
 }

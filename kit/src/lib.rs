@@ -7,10 +7,11 @@
 //!   that broker allows. Every lesson starts here, so the choice is made in one place.
 //! - [`env`]: the environment variables the workbook's programs read (`KAFKA_BOOTSTRAP_SERVERS`, …).
 //! - [`containers`]: the testcontainers source (`WORKBOOK_BROKER=testcontainers`): real Kafka, Redis in Docker.
-//! - [`embedded`]: hosts librdkafka's mock cluster on a thread of its own (the mock is `!Send`), exposes its fault
-//!   injection, and can publish it on a fixed address such as `127.0.0.1:9092` for other processes.
+//! - [`embedded`]: hosts librdkafka's mock cluster on a thread of its own (the mock is `!Send`) and exposes its
+//!   fault injection.
 //! - [`fault_proxy`]: a Kafka-aware TCP proxy that loses or delays Produce acks in front of any broker, real Kafka
-//!   included, for the behaviours that only real Kafka gets right under faults (lesson 09's lost ack).
+//!   included, for the behaviours that only real Kafka gets right under faults (lesson 09's lost ack); without
+//!   faults, it publishes the embedded broker on a fixed address such as `127.0.0.1:9092` for other processes.
 //! - [`wire`]: Kafka's frames through the `kafka-protocol` crate, and a blocking Metadata probe that needs no
 //!   librdkafka (how [`jvm_kafka`] waits for its brokers).
 //! - [`jvm_kafka`]: real Apache Kafka on this machine's JVM (jars from Maven Central, no Docker), for

@@ -21,7 +21,9 @@ pub const DEFAULT_FILTER: &str = "info,rdkafka=warn,librdkafka=warn";
 pub fn filter() -> Targets {
     match std::env::var("RUST_LOG") {
         Ok(wanted) if !wanted.trim().is_empty() => wanted.parse().unwrap_or_else(|e| {
-            eprintln!("RUST_LOG={wanted:?} is not a filter of the form `info,my_crate=debug` ({e}); using {DEFAULT_FILTER}");
+            eprintln!(
+                "RUST_LOG={wanted:?} is not a filter of the form `info,my_crate=debug` ({e}); using {DEFAULT_FILTER}"
+            );
             default_filter()
         }),
         _ => default_filter(),

@@ -10,7 +10,9 @@
 //! `io::Error` of kind `InvalidData`, never a panic. One limit is the crate's: an array length is taken at its
 //! word and its capacity allocated before the elements are read, so a frame claiming billions of elements makes
 //! the allocator abort the process (kafka-protocol-rs pull requests 152, 161 and 200 bound it; 0.18 does not).
-//! The frames decoded here come from the workbook's own clients and brokers on loopback, which send none.
+//! The frames decoded here come from the workbook's own clients and brokers on loopback, which send none, and
+//! the proxy decodes an answer only when its correlation id is that of a request it waits on, so bytes from a
+//! peer that is no Kafka at all are relayed, not decoded.
 
 use std::fmt::Display;
 use std::io::{self, Read, Write};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kit::broker::BrokerKind;
-use kit::{Broker, EmbeddedCluster};
+use kit::{Broker, EmbeddedCluster, FaultProxy};
 use kit_testing::{broker, read_topic, unique};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -64,21 +64,27 @@ async fn read_topic_sees_every_record_with_its_key() {
 }
 
 #[tokio::test]
-async fn a_published_cluster_serves_clients_on_its_fixed_address() {
-    let cluster = EmbeddedCluster::start(1).unwrap();
-    let port = free_port();
-    let published = cluster.publish("127.0.0.1", port).unwrap();
+async fn a_published_cluster_serves_clients_on_its_fixed_addresses() {
+    // Three brokers, so the listeners after the bootstrap's are seen to take the ports that follow it.
+    let cluster = EmbeddedCluster::start(3).unwrap();
+    let port = free_ports(3);
+    let proxy = FaultProxy::start_on(cluster.bootstrap_servers(), "127.0.0.1", port).unwrap();
+    let published = proxy.bootstrap_servers().to_string();
     assert_eq!(published, format!("127.0.0.1:{port}"));
     cluster.create_topic("published-topic", 1).unwrap();
 
-    // A separate client that only knows the fixed address: its metadata must point back at that address.
+    // A client that only knows the fixed address learns every broker at a fixed address too.
+    let mut advertised = kit::wire::metadata_brokers(&published, Duration::from_secs(10)).unwrap();
+    advertised.sort_by_key(|broker| broker.node_id);
+    let addresses: Vec<_> = advertised.iter().map(|b| (b.node_id, b.host.as_str(), b.port)).collect();
+    let port = i32::from(port);
+    assert_eq!(addresses, [(1, "127.0.0.1", port), (2, "127.0.0.1", port + 1), (3, "127.0.0.1", port + 2)]);
+
     let via_fixed = Broker::connect(BrokerKind::Embedded, published.clone(), "test".into()).unwrap();
-    produce(&via_fixed, "published-topic", &[("k", "through the forwarder")]).await;
+    produce(&via_fixed, "published-topic", &[("k", "through the fixed address")]).await;
     let records = read_topic(&via_fixed, "published-topic", 1, Duration::from_secs(10)).await;
-    assert_eq!(records[0].payload.as_deref(), Some("through the forwarder"));
-    let consumer: StreamConsumer = via_fixed.consumer_base().set("group.id", "x").create().unwrap();
-    let metadata = consumer.fetch_metadata(None, Duration::from_secs(5)).unwrap();
-    assert_eq!(metadata.brokers()[0].port(), i32::from(port), "the broker advertises the fixed port");
+    assert_eq!(records[0].payload.as_deref(), Some("through the fixed address"));
+    assert!(proxy.stats().metadata_rewritten >= 2, "{:?}", proxy.stats());
 }
 
 #[test]

@@ -8,9 +8,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[cfg(feature = "brokers")]
-use kit::EmbeddedCluster;
+use anyhow::Context;
 #[cfg(feature = "brokers")]
 use kit::topics::WORKBOOK_TOPICS;
+#[cfg(feature = "brokers")]
+use kit::{EmbeddedCluster, FaultProxy};
 
 use crate::catalog;
 
@@ -28,7 +30,12 @@ pub fn start_with_topics(brokers: i32) -> anyhow::Result<EmbeddedCluster> {
 #[cfg(feature = "brokers")]
 pub fn run(host: &str, port: u16) -> anyhow::Result<()> {
     let cluster = start_with_topics(1)?;
-    let bootstrap = cluster.publish(host, port)?;
+    // The mock listens on a random port; the proxy, without faults, gives it the fixed one (and rewrites
+    // Metadata so clients stay on it). Both live until Ctrl-C.
+    let proxy = FaultProxy::start_on(cluster.bootstrap_servers(), host, port).with_context(|| {
+        format!("no broker on {host}:{port}: is another one running there? Stop it, or pick another port with --port")
+    })?;
+    let bootstrap = proxy.bootstrap_servers().to_string();
     let marker = marker_path();
     std::fs::create_dir_all(marker.parent().unwrap())?;
     std::fs::write(&marker, serde_json::json!({ "bootstrap": bootstrap, "pid": std::process::id() }).to_string())?;
