@@ -608,10 +608,20 @@ fn tail_of_logs(dir: &Path, lines: usize) -> String {
 }
 
 /// A KRaft cluster id: 16 random bytes in URL-safe base64 without padding (22 characters), as
-/// `kafka-storage random-uuid` prints.
+/// `kafka-storage random-uuid` prints. Like Kafka's own `Uuid.randomUuid`, it never starts with `-`: the
+/// command-line tools would read such an id as an option (`--cluster-id -x…` fails with "expected one argument"),
+/// which made one private cluster start in 64 fail.
 fn random_cluster_id() -> String {
+    loop {
+        let id = encode_cluster_id(uuid::Uuid::new_v4().into_bytes());
+        if !id.starts_with('-') {
+            return id;
+        }
+    }
+}
+
+fn encode_cluster_id(bytes: [u8; 16]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let bytes = uuid::Uuid::new_v4().into_bytes();
     let mut out = String::with_capacity(22);
     for chunk in bytes.chunks(3) {
         let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (*b as u32) << (16 - 8 * i));
@@ -861,6 +871,15 @@ mod tests {
         assert_eq!(id.len(), 22, "{id}");
         assert!(id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'), "{id}");
         assert_ne!(id, random_cluster_id());
+    }
+
+    #[test]
+    fn no_cluster_id_starts_with_a_dash() {
+        // 0xF8 in the first byte encodes as `-` (62) first: the id that made `kafka-storage format` fail.
+        let mut bytes = [0u8; 16];
+        bytes[0] = 0xF8;
+        assert!(encode_cluster_id(bytes).starts_with('-'), "the encoding can start with a dash");
+        assert!((0..5_000).map(|_| random_cluster_id()).all(|id| !id.starts_with('-')));
     }
 
     #[test]
