@@ -159,30 +159,13 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         });
         // `--features xtask/brokers`: the build of xtask that is a Kafka client (see `relaunch_with_clients`) is
         // built, linted and tested too; the workspace's other members already unify kit's features up to it.
+        const WHOLE_WORKSPACE: [&str; 6] =
+            ["--workspace", "--all-targets", "--features", "xtask/brokers", "--color", "never"];
         suite.step("everything builds (cargo build --workspace --all-targets)", || {
-            command_step(cargo::cargo().args([
-                "build",
-                "--workspace",
-                "--all-targets",
-                "--features",
-                "xtask/brokers",
-                "--color",
-                "never",
-            ]))
+            command_step(cargo::cargo().arg("build").args(WHOLE_WORKSPACE))
         });
         suite.step("clippy, warnings denied", || {
-            command_step(cargo::cargo().args([
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--features",
-                "xtask/brokers",
-                "--color",
-                "never",
-                "--",
-                "-D",
-                "warnings",
-            ]))
+            command_step(cargo::cargo().arg("clippy").args(WHOLE_WORKSPACE).args(["--", "-D", "warnings"]))
         });
         suite.step("kit tests", || expect_all_pass(&cargo::test_package("kit", &[])?));
         suite.step("xtask tests", || {
