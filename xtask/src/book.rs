@@ -6,8 +6,9 @@
 //!    when missing.
 //!    That takes a few minutes, once per machine; a spinner says so. Pinning keeps every machine rendering, and
 //!    warning about, the same things.
-//! 2. Writes each lesson's hint from its `lesson.toml` to `mdbook/generated/hints/NN-slug.md`, so the chapters
-//!    include the very text `cargo xtask hint NN` prints (one source, two readers).
+//! 2. Writes each lesson's hint levels from its `lesson.toml` to `mdbook/generated/hints/NN-slug.md`, one folded
+//!    block per level, so the chapters include the very text `cargo xtask hint NN --level N` prints (one source,
+//!    two readers).
 //! 3. Has mdbook-mermaid write its JavaScript next to `book.toml` (the files ship inside the tool, matching its
 //!    version, so they are not kept in git).
 //! 4. Runs `mdbook build` and fails on any warning or error it logs, and on any `{{#include}}` or `{{#…}}`
@@ -178,7 +179,7 @@ fn prepare() -> anyhow::Result<()> {
     let hints = book_dir().join("generated").join("hints");
     std::fs::create_dir_all(&hints)?;
     for lesson in catalog::lessons()? {
-        write_if_changed(&hints.join(format!("{}.md", lesson.dir_name)), lesson.meta.hint.trim())?;
+        write_if_changed(&hints.join(format!("{}.md", lesson.dir_name)), &hints_markdown(&lesson.meta))?;
     }
     let bin = tools_root().join("bin");
     let output = Command::new(bin.join("mdbook-mermaid"))
@@ -191,6 +192,20 @@ fn prepare() -> anyhow::Result<()> {
         bail!("mdbook-mermaid install failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(())
+}
+
+/// A lesson's hint levels as folded blocks, each opened on its own ("Hint 1 of 3", …). mdBook renders markdown
+/// inside `<details>` only when blank lines separate it from the tags.
+fn hints_markdown(meta: &catalog::LessonMeta) -> String {
+    let levels = meta.hints.len();
+    (1..=levels)
+        .filter_map(|level| meta.hint(level).map(|text| (level, text)))
+        .map(|(level, text)| {
+            let closeness = if level == levels && levels > 1 { " (close to the code)" } else { "" };
+            format!("<details>\n<summary>Hint {level} of {levels}{closeness}</summary>\n\n{text}\n\n</details>")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// Writing only on change keeps `mdbook serve` from rebuilding in a loop.
@@ -255,6 +270,18 @@ mod tests {
                    Warning: The mdbook-mermaid preprocessor was built against version 0.5.0 of mdbook\n";
         assert_eq!(log_problems(log).len(), 3);
         assert!(log_problems(" INFO Book building has started\n INFO HTML book written to `book`\n").is_empty());
+    }
+
+    #[test]
+    fn hint_levels_render_as_folded_blocks_with_blank_lines_around_the_markdown() {
+        let meta: catalog::LessonMeta =
+            toml::from_str("title = \"t\"\nsummary = \"s\"\n[[hint]]\ntext = \"- one\"\n[[hint]]\ntext = \"two\"\n")
+                .unwrap();
+        assert_eq!(
+            hints_markdown(&meta),
+            "<details>\n<summary>Hint 1 of 2</summary>\n\n- one\n\n</details>\n\n\
+             <details>\n<summary>Hint 2 of 2 (close to the code)</summary>\n\ntwo\n\n</details>"
+        );
     }
 
     #[test]
