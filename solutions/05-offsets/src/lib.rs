@@ -168,7 +168,9 @@ pub fn resume(consumer: &StreamConsumer, topic: &str, partitions: &[i32]) -> any
 /// How far a group is behind on one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PartitionLag {
-    /// The offset the next record written to the partition will get.
+    /// The partition's high watermark: the end of what is replicated to every in-sync replica, which is what a
+    /// consumer may read. (The offset the next record will get is the log-end offset; on one broker, or once the
+    /// followers have caught up, the two are equal.)
     pub high_watermark: i64,
     /// The group's committed offset: the next record it will read. `None` when it has committed nothing.
     pub committed: Option<i64>,
