@@ -272,6 +272,40 @@ mod tests {
         assert!(log_problems(" INFO Book building has started\n INFO HTML book written to `book`\n").is_empty());
     }
 
+    /// The solution's `{{#include}}`s of exercise anchors (those the chapter also includes from `lessons/`) that
+    /// sit outside any `<details>` block.
+    fn solutions_outside_details(chapter: &str, dir_name: &str) -> Vec<String> {
+        let exercise = format!("{{{{#include ../../lessons/{dir_name}/");
+        let solution = format!("{{{{#include ../../solutions/{dir_name}/");
+        let exercises: Vec<&str> = chapter
+            .match_indices(&exercise)
+            .filter_map(|(at, _)| chapter[at + exercise.len()..].split("}}").next())
+            .collect();
+        let mut depth = 0usize;
+        let mut open = Vec::new();
+        for line in chapter.lines() {
+            depth += line.matches("<details").count();
+            if let Some(at) = line.find(&solution) {
+                let target = line[at + solution.len()..].split("}}").next().unwrap_or_default();
+                if depth == 0 && exercises.contains(&target) {
+                    open.push(target.to_string());
+                }
+            }
+            depth = depth.saturating_sub(line.matches("</details>").count());
+        }
+        open
+    }
+
+    #[test]
+    fn a_solution_include_outside_details_is_found() {
+        let chapter = "{{#include ../../lessons/01-x/src/lib.rs:a}}\n\
+                       {{#include ../../solutions/01-x/src/lib.rs:given}}\n\
+                       <details>\n<summary>s</summary>\n\n{{#include ../../solutions/01-x/src/lib.rs:a}}\n\n</details>\n";
+        assert!(solutions_outside_details(chapter, "01-x").is_empty(), "folded, or not an exercise");
+        let open = format!("{chapter}{{{{#include ../../solutions/01-x/src/lib.rs:a}}}}\n");
+        assert_eq!(solutions_outside_details(&open, "01-x"), ["src/lib.rs:a"]);
+    }
+
     #[test]
     fn hint_levels_render_as_folded_blocks_with_blank_lines_around_the_markdown() {
         let meta: catalog::LessonMeta =
@@ -299,7 +333,12 @@ mod tests {
                 text.contains(&format!("{{{{#include ../../solutions/{}/src/", lesson.dir_name)),
                 "{chapter} shows no solution"
             );
-            assert!(text.contains("<summary>Hint</summary>"), "{chapter} has no hint block");
+            assert!(
+                text.contains(&format!("{{{{#include ../../mdbook/generated/hints/{}.md}}}}", lesson.dir_name)),
+                "{chapter} does not include its hint levels"
+            );
+            let open = solutions_outside_details(&text, &lesson.dir_name);
+            assert!(open.is_empty(), "{chapter} shows the solution of an exercise unfolded: {open:?}");
             assert!(text.contains("```mermaid"), "{chapter} has no diagram");
             assert!(text.contains("## What can go wrong"), "{chapter} has no 'What can go wrong'");
         }
