@@ -347,6 +347,11 @@ impl JvmCluster {
         self.nodes.iter().map(|n| (node_label(n), n.dir.join("server.log"))).collect()
     }
 
+    /// Each running node's process id, labelled like [`JvmCluster::logs`]: what `kill -9` needs to crash one.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.nodes.iter().filter_map(|n| n.process.as_ref().map(|p| (node_label(n), p.pid()))).collect()
+    }
+
     /// Broker ids (1..=N).
     pub fn broker_ids(&self) -> Vec<u32> {
         self.nodes.iter().filter(|n| n.client_port.is_some()).map(|n| n.id).collect()

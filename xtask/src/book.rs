@@ -6,8 +6,9 @@
 //!    when missing.
 //!    That takes a few minutes, once per machine; a spinner says so. Pinning keeps every machine rendering, and
 //!    warning about, the same things.
-//! 2. Writes each lesson's hint from its `lesson.toml` to `mdbook/generated/hints/NN-slug.md`, so the chapters
-//!    include the very text `cargo xtask hint NN` prints (one source, two readers).
+//! 2. Writes each lesson's hint levels from its `lesson.toml` to `mdbook/generated/hints/NN-slug.md`, one folded
+//!    block per level, so the chapters include the very text `cargo xtask hint NN --level N` prints (one source,
+//!    two readers).
 //! 3. Has mdbook-mermaid write its JavaScript next to `book.toml` (the files ship inside the tool, matching its
 //!    version, so they are not kept in git).
 //! 4. Runs `mdbook build` and fails on any warning or error it logs, and on any `{{#include}}` or `{{#…}}`
@@ -178,7 +179,7 @@ fn prepare() -> anyhow::Result<()> {
     let hints = book_dir().join("generated").join("hints");
     std::fs::create_dir_all(&hints)?;
     for lesson in catalog::lessons()? {
-        write_if_changed(&hints.join(format!("{}.md", lesson.dir_name)), lesson.meta.hint.trim())?;
+        write_if_changed(&hints.join(format!("{}.md", lesson.dir_name)), &hints_markdown(&lesson.meta))?;
     }
     let bin = tools_root().join("bin");
     let output = Command::new(bin.join("mdbook-mermaid"))
@@ -191,6 +192,20 @@ fn prepare() -> anyhow::Result<()> {
         bail!("mdbook-mermaid install failed: {}", String::from_utf8_lossy(&output.stderr));
     }
     Ok(())
+}
+
+/// A lesson's hint levels as folded blocks, each opened on its own ("Hint 1 of 3", …). mdBook renders markdown
+/// inside `<details>` only when blank lines separate it from the tags.
+fn hints_markdown(meta: &catalog::LessonMeta) -> String {
+    let levels = meta.hints.len();
+    (1..=levels)
+        .filter_map(|level| meta.hint(level).map(|text| (level, text)))
+        .map(|(level, text)| {
+            let closeness = if level == levels && levels > 1 { " (close to the code)" } else { "" };
+            format!("<details>\n<summary>Hint {level} of {levels}{closeness}</summary>\n\n{text}\n\n</details>")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// Writing only on change keeps `mdbook serve` from rebuilding in a loop.
@@ -257,6 +272,52 @@ mod tests {
         assert!(log_problems(" INFO Book building has started\n INFO HTML book written to `book`\n").is_empty());
     }
 
+    /// The solution's `{{#include}}`s of exercise anchors (those the chapter also includes from `lessons/`) that
+    /// sit outside any `<details>` block.
+    fn solutions_outside_details(chapter: &str, dir_name: &str) -> Vec<String> {
+        let exercise = format!("{{{{#include ../../lessons/{dir_name}/");
+        let solution = format!("{{{{#include ../../solutions/{dir_name}/");
+        let exercises: Vec<&str> = chapter
+            .match_indices(&exercise)
+            .filter_map(|(at, _)| chapter[at + exercise.len()..].split("}}").next())
+            .collect();
+        let mut depth = 0usize;
+        let mut open = Vec::new();
+        for line in chapter.lines() {
+            depth += line.matches("<details").count();
+            if let Some(at) = line.find(&solution) {
+                let target = line[at + solution.len()..].split("}}").next().unwrap_or_default();
+                if depth == 0 && exercises.contains(&target) {
+                    open.push(target.to_string());
+                }
+            }
+            depth = depth.saturating_sub(line.matches("</details>").count());
+        }
+        open
+    }
+
+    #[test]
+    fn a_solution_include_outside_details_is_found() {
+        let chapter = "{{#include ../../lessons/01-x/src/lib.rs:a}}\n\
+                       {{#include ../../solutions/01-x/src/lib.rs:given}}\n\
+                       <details>\n<summary>s</summary>\n\n{{#include ../../solutions/01-x/src/lib.rs:a}}\n\n</details>\n";
+        assert!(solutions_outside_details(chapter, "01-x").is_empty(), "folded, or not an exercise");
+        let open = format!("{chapter}{{{{#include ../../solutions/01-x/src/lib.rs:a}}}}\n");
+        assert_eq!(solutions_outside_details(&open, "01-x"), ["src/lib.rs:a"]);
+    }
+
+    #[test]
+    fn hint_levels_render_as_folded_blocks_with_blank_lines_around_the_markdown() {
+        let meta: catalog::LessonMeta =
+            toml::from_str("title = \"t\"\nsummary = \"s\"\n[[hint]]\ntext = \"- one\"\n[[hint]]\ntext = \"two\"\n")
+                .unwrap();
+        assert_eq!(
+            hints_markdown(&meta),
+            "<details>\n<summary>Hint 1 of 2</summary>\n\n- one\n\n</details>\n\n\
+             <details>\n<summary>Hint 2 of 2 (close to the code)</summary>\n\ntwo\n\n</details>"
+        );
+    }
+
     #[test]
     fn every_lesson_chapter_includes_its_exercise_and_solution() {
         let summary = std::fs::read_to_string(catalog::root().join("docs/SUMMARY.md")).unwrap();
@@ -272,7 +333,12 @@ mod tests {
                 text.contains(&format!("{{{{#include ../../solutions/{}/src/", lesson.dir_name)),
                 "{chapter} shows no solution"
             );
-            assert!(text.contains("<summary>Hint</summary>"), "{chapter} has no hint block");
+            assert!(
+                text.contains(&format!("{{{{#include ../../mdbook/generated/hints/{}.md}}}}", lesson.dir_name)),
+                "{chapter} does not include its hint levels"
+            );
+            let open = solutions_outside_details(&text, &lesson.dir_name);
+            assert!(open.is_empty(), "{chapter} shows the solution of an exercise unfolded: {open:?}");
             assert!(text.contains("```mermaid"), "{chapter} has no diagram");
             assert!(text.contains("## What can go wrong"), "{chapter} has no 'What can go wrong'");
         }

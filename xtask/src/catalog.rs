@@ -23,9 +23,19 @@ pub struct Lesson {
 pub struct LessonMeta {
     pub title: String,
     pub summary: String,
-    pub hint: String,
+    /// The hint levels, in order: each `[[hint]]` table is one level, from a nudge to near-code.
+    #[serde(default, rename = "hint")]
+    pub hints: Vec<Hint>,
     #[serde(default)]
     pub lazy: Vec<LazyAnswer>,
+}
+
+/// One level of a lesson's hint (`[[hint]]` in lesson.toml). `cargo xtask hint NN` shows the first;
+/// `--level N` the N-th, each more concrete than the one before.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hint {
+    pub text: String,
 }
 
 /// A plausible wrong body the tests must reject.
@@ -84,6 +94,13 @@ pub fn lessons() -> anyhow::Result<Vec<Lesson>> {
     Ok(lessons)
 }
 
+impl LessonMeta {
+    /// Hint level `level` (counting from 1), trimmed; `None` past the last.
+    pub fn hint(&self, level: usize) -> Option<&str> {
+        level.checked_sub(1).and_then(|i| self.hints.get(i)).map(|h| h.text.trim())
+    }
+}
+
 /// The lesson numbered `nn` (`5`, `05` and `05-offsets` all work).
 pub fn find(nn: &str) -> anyhow::Result<Lesson> {
     let wanted = nn.split('-').next().unwrap_or(nn);
@@ -93,4 +110,38 @@ pub fn find(nn: &str) -> anyhow::Result<Lesson> {
     all.into_iter()
         .find(|l| l.number == wanted)
         .ok_or_else(|| anyhow::anyhow!("no lesson {nn:?}; the lessons are {}", numbers.join(", ")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_lesson_has_hints_that_get_more_concrete() {
+        for lesson in lessons().unwrap() {
+            let label = lesson.label();
+            let hints = &lesson.meta.hints;
+            assert!(hints.len() >= 2, "lesson {label} has {} hint level(s); write at least 2", hints.len());
+            for level in 1..=hints.len() {
+                assert!(!lesson.meta.hint(level).unwrap().is_empty(), "lesson {label}: hint level {level} is empty");
+            }
+            assert_ne!(
+                lesson.meta.hint(1),
+                lesson.meta.hint(2),
+                "lesson {label}: hint levels 1 and 2 say the same thing"
+            );
+        }
+    }
+
+    #[test]
+    fn hint_levels_count_from_one() {
+        let meta: LessonMeta = toml::from_str(
+            "title = \"t\"\nsummary = \"s\"\n[[hint]]\ntext = \" first \"\n[[hint]]\ntext = \"second\"\n",
+        )
+        .unwrap();
+        assert_eq!(meta.hint(0), None);
+        assert_eq!(meta.hint(1), Some("first"));
+        assert_eq!(meta.hint(2), Some("second"));
+        assert_eq!(meta.hint(3), None);
+    }
 }

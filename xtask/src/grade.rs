@@ -445,12 +445,7 @@ mod tests {
         Lesson {
             number: "01".into(),
             dir_name: "01-first-event".into(),
-            meta: LessonMeta {
-                title: "The first event".into(),
-                summary: String::new(),
-                hint: String::new(),
-                lazy: vec![],
-            },
+            meta: LessonMeta { title: "The first event".into(), summary: String::new(), hints: vec![], lazy: vec![] },
         }
     }
 

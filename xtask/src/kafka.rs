@@ -145,8 +145,12 @@ fn print_ready(cluster: &JvmCluster, options: &Options, took: Duration) {
     println!("\n  bootstrap: {bootstrap}");
     println!("  topics:    {}", WORKBOOK_TOPICS.iter().map(|t| t.name).collect::<Vec<_>>().join(", "));
     println!("  data:      {}", cluster.dir().display());
+    let pids = cluster.pids();
     for (label, log) in cluster.logs() {
-        println!("  log:       {} — {label}", log.display());
+        match pids.iter().find(|(node, _)| *node == label) {
+            Some((_, pid)) => println!("  log:       {} — {label}, pid {pid}", log.display()),
+            None => println!("  log:       {} — {label}", log.display()),
+        }
     }
     println!("\nIn another terminal:");
     println!("  export KAFKA_BOOTSTRAP_SERVERS={bootstrap}");

@@ -126,12 +126,33 @@ fn indent(text: &str) -> String {
     text.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n")
 }
 
-pub fn hint(nn: &str) -> anyhow::Result<()> {
+/// `cargo xtask hint NN [--level N]`: one level of the lesson's hint, and how many more there are.
+pub fn hint(nn: &str, level: usize) -> anyhow::Result<()> {
     let lesson = catalog::find(nn)?;
+    let levels = lesson.meta.hints.len();
+    let Some(text) = lesson.meta.hint(level) else {
+        anyhow::bail!("lesson {} has hint levels 1 to {levels}; there is no level {level}", lesson.number);
+    };
     println!("lesson {} — {}\n", lesson.label(), lesson.meta.summary);
-    println!("{}", lesson.meta.hint.trim_end());
-    println!("\nThe chapter explains the why: `cargo xtask book --serve`, then lessons/{}.", lesson.dir_name);
+    println!("hint {level} of {levels}:\n");
+    println!("{text}");
+    println!("\n{}", hint_footer(&lesson.number, level, levels));
+    println!("The chapter explains the why: `cargo xtask book --serve`, then lessons/{}.", lesson.dir_name);
     Ok(())
+}
+
+/// What comes after hint `level` of `levels`: the command for the next one, or that this was the last.
+fn hint_footer(number: &str, level: usize, levels: usize) -> String {
+    match levels.saturating_sub(level) {
+        0 => "That was the last level. Still stuck? `cargo xtask lesson NN --solution` runs the reference, and \
+              the chapter shows it folded at its end."
+            .replace("NN", number),
+        more => format!(
+            "{more} more level{} after this one, each more concrete: `cargo xtask hint {number} --level {}`.",
+            if more == 1 { "" } else { "s" },
+            level + 1
+        ),
+    }
 }
 
 /// `cargo xtask reset NN`: writes the exercise afresh from the solution. The learner's files are kept in
@@ -235,6 +256,15 @@ mod tests {
         assert_eq!(bar(3, 9, 9), "[###------]");
         assert_eq!(bar(9, 9, 9), "[#########]");
         assert_eq!(bar(0, 0, 4), "[----]");
+    }
+
+    #[test]
+    fn a_hint_says_how_to_get_the_next_level() {
+        assert!(hint_footer("05", 1, 3).starts_with("2 more levels after this one"), "{}", hint_footer("05", 1, 3));
+        assert!(hint_footer("05", 1, 3).contains("cargo xtask hint 05 --level 2"));
+        assert!(hint_footer("05", 2, 3).starts_with("1 more level after"));
+        assert!(hint_footer("05", 3, 3).starts_with("That was the last level"));
+        assert!(hint_footer("05", 3, 3).contains("cargo xtask lesson 05 --solution"));
     }
 
     #[test]

@@ -109,10 +109,13 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
-    /// Print a lesson's hint.
+    /// Print a lesson's hint: level 1 first; `--level N` for the next ones, each more concrete.
     Hint {
         /// The lesson number, e.g. 05.
         lesson: String,
+        /// Which level to show (1 is a nudge, the last is close to the code).
+        #[arg(long, default_value_t = 1)]
+        level: usize,
     },
     /// Re-check the current lesson (the first unsolved one) whenever you save a file.
     Watch,
@@ -205,7 +208,7 @@ fn main() -> anyhow::Result<()> {
         Command::Down => compose::down(),
         Command::List => learner::list(),
         Command::Check { lesson, run } => learner::check(&lesson, &run.settings()),
-        Command::Hint { lesson } => learner::hint(&lesson),
+        Command::Hint { lesson, level } => learner::hint(&lesson, level),
         Command::Watch => learner::watch(),
         Command::Reset { lesson } => learner::reset(&lesson),
         Command::Grade { json, junit, lessons_dir, shipped, points, expect, run } => {

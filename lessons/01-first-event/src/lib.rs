@@ -33,9 +33,11 @@ pub struct EncodedEvent {
 /// The configuration of a producer that talks to the brokers at `bootstrap_servers` and waits for every
 /// in-sync replica to acknowledge each record.
 pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
-    // TODO(lesson 01): Build the producer's configuration. Set `bootstrap.servers` to the address you are given (the
-    // brokers to ask for the cluster's metadata) and `acks` to `all` (a send counts only once every in-sync replica
-    // has the record). Also set `message.timeout.ms` to 30000, so a missing broker fails a send in 30 s, not 5 min.
+    // TODO(lesson 01): The configuration of this lesson's producer. It must find the cluster through exactly the brokers in
+    // `bootstrap_servers`, count a send as done only once every in-sync replica of the partition has the record (the
+    // strongest acknowledgement Kafka gives), and give up on a send after 30 s instead of librdkafka's five minutes,
+    // so a missing broker turns into an error you can read. The settings go by librdkafka's names; the tests read the
+    // broker list and the acknowledgement level back from what you return.
     todo!("lesson 01: write `producer_config` (the TODO above says what it must do; `cargo xtask hint 01` helps)")
 }
 // ANCHOR_END: producer_config
@@ -43,8 +45,10 @@ pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
 // ANCHOR: encode
 /// The record for `event`: keyed by user, JSON payload.
 pub fn encode(event: &UserEvent) -> anyhow::Result<EncodedEvent> {
-    // TODO(lesson 01): Encode `event` for Kafka: the key is the event's `user_id` (so one user's events share a
-    // partition and stay in order) and the payload is the event serialised to JSON with `serde_json::to_string`.
+    // TODO(lesson 01): Turn `event` into what goes on the wire. The key must send every event of one user to the same
+    // partition (so they stay in order); the payload must be the whole event as JSON, from which any consumer gets
+    // back an equal `UserEvent`. The tests decode your payload and compare every field, check the key, and snapshot a
+    // purchase.
     todo!("lesson 01: write `encode` (the TODO above says what it must do; `cargo xtask hint 01` helps)")
 }
 // ANCHOR_END: encode
@@ -52,10 +56,10 @@ pub fn encode(event: &UserEvent) -> anyhow::Result<EncodedEvent> {
 // ANCHOR: send_event
 /// Sends one event and waits for the broker's acknowledgement.
 pub async fn send_event(producer: &FutureProducer, topic: &str, event: &UserEvent) -> anyhow::Result<Delivery> {
-    // TODO(lesson 01): Send `event` to `topic` and report where it landed. Encode it with `encode`, build a
-    // `FutureRecord::to(topic)` with its key and payload, and await `producer.send(record, QUEUE_TIMEOUT)`. The
-    // delivery report (`Ok(delivery)`) carries `partition` and `offset`; turn an `Err((error, _message))` into an
-    // error with `anyhow::anyhow!`.
+    // TODO(lesson 01): Send `event` to `topic` (as `encode` makes it) and return where the broker stored it. The partition
+    // and offset must come from the broker's answer, never be worked out by you: the tests read the topic back on
+    // their own and look for each event exactly where you said it is. A delivery that fails is an error naming the
+    // event, not a panic.
     todo!("lesson 01: write `send_event` (the TODO above says what it must do; `cargo xtask hint 01` helps)")
 }
 // ANCHOR_END: send_event

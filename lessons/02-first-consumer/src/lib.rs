@@ -62,9 +62,10 @@ pub struct Consumed {
 // ANCHOR: consumer_config
 /// A member of consumer group `group_id` that reads a new group's partitions from the beginning.
 pub fn consumer_config(broker: &Broker, group_id: &str) -> ClientConfig {
-    // TODO(lesson 02): Build the consumer's configuration. Start from `broker.consumer_base()` (bootstrap servers and
-    // tuning for this broker), then set `group.id` to `group_id` and `auto.offset.reset` to `earliest`, so a group
-    // with no committed offset starts from the first record instead of only seeing new ones.
+    // TODO(lesson 02): The configuration of a member of consumer group `group_id`, built on `broker.consumer_base()` (the
+    // bootstrap servers and tuning for this broker). A group that has committed nothing yet must start from the oldest
+    // record still stored, not from the end of the log. The tests read the group and the reset policy back, and later
+    // write events *before* your consumer joins: only the right policy sees them.
     todo!("lesson 02: write `consumer_config` (the TODO above says what it must do; `cargo xtask hint 02` helps)")
 }
 // ANCHOR_END: consumer_config
@@ -72,9 +73,10 @@ pub fn consumer_config(broker: &Broker, group_id: &str) -> ClientConfig {
 // ANCHOR: parse_event
 /// The event in `payload`, or why there is none.
 pub fn parse_event(payload: Option<&[u8]>) -> Result<UserEvent, MalformedEvent> {
-    // TODO(lesson 02): Turn a record's payload back into a `UserEvent`. No payload is `MalformedEvent::Empty`; bytes that
-    // `serde_json::from_slice` rejects are `MalformedEvent::Invalid` carrying serde's message (it names the field
-    // and position, which is what someone fixing the producer needs).
+    // TODO(lesson 02): Turn a record's payload back into a `UserEvent`, or say why it is not one — never panic. A record with
+    // no payload and bytes that are not a `UserEvent` are different `MalformedEvent`s; for the second keep the JSON
+    // parser's own message (it names the field and position, which is what someone fixing the producer needs). The
+    // tests feed good, empty and broken payloads.
     todo!("lesson 02: write `parse_event` (the TODO above says what it must do; `cargo xtask hint 02` helps)")
 }
 // ANCHOR_END: parse_event
@@ -83,10 +85,10 @@ pub fn parse_event(payload: Option<&[u8]>) -> Result<UserEvent, MalformedEvent> 
 /// Consumes events until `max_events` are read or `shutdown` fires, skipping (and reporting) malformed records.
 pub async fn consume(consumer: &StreamConsumer, max_events: usize, shutdown: impl Future<Output = ()>) -> Consumed {
     // TODO(lesson 02): Read from `consumer` (already subscribed) until `max_events` events have been read or `shutdown`
-    // completes, whichever comes first. Loop over `tokio::select!` between `&mut shutdown` and `consumer.recv()`
-    // (pin the shutdown future first with `tokio::pin!`). Parse each message's payload with `parse_event`: keep
-    // events as `ConsumedEvent`, record the others as `SkippedRecord` (log them with `tracing::warn!`) and go on.
-    // A receive error is logged and the loop goes on: the client retries by itself.
+    // completes, whichever comes first, and say which it was. A record `parse_event` refuses becomes a `SkippedRecord`
+    // (and a warning in the log) and the loop goes on; so does a receive error (the client retries by itself). The
+    // tests expect each event with its partition and offset, in order within each partition, the broken record among
+    // the skipped ones, and a loop that stops promptly when `shutdown` fires on a topic where nothing ever arrives.
     todo!("lesson 02: write `consume` (the TODO above says what it must do; `cargo xtask hint 02` helps)")
 }
 // ANCHOR_END: consume

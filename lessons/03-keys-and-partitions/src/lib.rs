@@ -76,11 +76,11 @@ pub async fn produce(
     events: &[UserEvent],
     keying: Keying,
 ) -> anyhow::Result<Vec<Placement>> {
-    // TODO(lesson 03): Send every event to `topic` as JSON (`event.to_json()`), keyed by its `user_id` when `keying` is
-    // `Keying::ByUser` and with no key at all when it is `Keying::None` (a `FutureRecord` without `.key(..)`).
-    // Start all the sends before awaiting any (`producer.send(..)` futures joined with `try_join_all`): the
-    // producer batches them and still keeps each partition in the order the sends were made. Return one
-    // `Placement` per event, in the order of `events`, from each delivery report's partition and offset.
+    // TODO(lesson 03): Send every event to `topic` as JSON (`event.to_json()`), keyed by its `user_id` for `Keying::ByUser`
+    // and with no key at all for `Keying::None`. Return one `Placement` per event, in the order of `events`, with the
+    // partition and offset its delivery report gave. The sends must not wait for one another — start them all, then
+    // collect the reports — so the producer can batch them; it still writes each partition in the order the sends were
+    // started. The tests read both topics back and check where and in which order each user's events are.
     todo!("lesson 03: write `produce` (the TODO above says what it must do; `cargo xtask hint 03` helps)")
 }
 // ANCHOR_END: produce
@@ -88,8 +88,8 @@ pub async fn produce(
 // ANCHOR: partition_counts
 /// Events per partition.
 pub fn partition_counts(placements: &[Placement]) -> BTreeMap<i32, usize> {
-    // TODO(lesson 03): Count how many of the `placements` landed in each partition. A `BTreeMap` keeps the partitions
-    // sorted, so the result prints (and snapshots) the same way every time.
+    // TODO(lesson 03): Count how many of the `placements` landed in each partition, with the partitions in ascending order,
+    // so the result prints (and snapshots) the same way on every run.
     todo!("lesson 03: write `partition_counts` (the TODO above says what it must do; `cargo xtask hint 03` helps)")
 }
 // ANCHOR_END: partition_counts
@@ -97,11 +97,11 @@ pub fn partition_counts(placements: &[Placement]) -> BTreeMap<i32, usize> {
 // ANCHOR: user_layout
 /// Each user's events as the topic holds them: how many, in which partitions, and whether in order.
 pub fn user_layout(records: &[ReadRecord]) -> anyhow::Result<BTreeMap<String, UserLayout>> {
-    // TODO(lesson 03): Describe each user's events from the records read back from the topic (sorted by partition, then
-    // offset). Parse each payload as a `UserEvent`; group by `user_id`. For each user count the events, collect
-    // their partitions, and decide `in_order`: true only when there is one partition and, read by increasing
-    // offset, the event `timestamp`s never go backwards. A payload that is not an event is an error that names
-    // the record's partition and offset.
+    // TODO(lesson 03): Describe each user's events as the topic holds them, from the records a reader got back (each payload
+    // a `UserEvent` as JSON). Per user: how many events, in which partitions, and `in_order` — true only when one
+    // partition holds them all and, read in log order (by partition, then offset), their `timestamp`s never go
+    // backwards. A payload that is not an event is an error that names its partition and offset. The tests give you
+    // keyed and unkeyed read-backs, and hand-made records in and out of order.
     todo!("lesson 03: write `user_layout` (the TODO above says what it must do; `cargo xtask hint 03` helps)")
 }
 // ANCHOR_END: user_layout

@@ -90,13 +90,13 @@ pub fn partitions_of(list: &TopicPartitionList) -> Vec<i32> {
 // ANCHOR: on_rebalance
 /// Records one rebalance callback of `member` in its assignment log.
 pub fn on_rebalance(member: &str, log: &AssignmentLog, stage: RebalanceStage, rebalance: &Rebalance<'_>) {
-    // TODO(lesson 04): Keep `log` true to the member's assignment. librdkafka calls this twice per rebalance: with
-    // `RebalanceStage::Before` (the partitions are still being read) and `RebalanceStage::After` (the change is
-    // applied). Record a `Rebalance::Revoke(list)` *before* it happens — that is the last moment the member still
-    // owns the partitions, when a real service commits what it has processed — and a `Rebalance::Assign(list)`
-    // *after* it happened, when the partitions are really the member's. Use `partitions_of(list)` with
-    // `log.revoked(..)` / `log.assigned(..)`, and log each change with `tracing::info!` naming the `member`.
-    // Skip empty lists (an incremental rebalance can send them). A `Rebalance::Error(e)` only gets a `tracing::warn!`.
+    // TODO(lesson 04): Keep `log` true to the member's assignment. librdkafka calls this twice per rebalance: at
+    // `RebalanceStage::Before` (the change is not applied yet) and at `RebalanceStage::After` (it is). Record a
+    // revocation while the member still owns the partitions — the moment a real service commits its work — and an
+    // assignment once the partitions really are the member's; log each change naming `member`. An empty list (an
+    // incremental rebalance can send one) changes nothing, and an error is only logged. The tests watch the logs: two
+    // members' assignments are disjoint and cover every partition, a member that left owns nothing and its last change
+    // is a revocation, and the survivor comes to own every partition.
     todo!("lesson 04: write `on_rebalance` (the TODO above says what it must do; `cargo xtask hint 04` helps)")
 }
 // ANCHOR_END: on_rebalance
@@ -135,11 +135,10 @@ pub fn join_group(
     name: &str,
     log: Arc<AssignmentLog>,
 ) -> anyhow::Result<MemberConsumer> {
-    // TODO(lesson 04): Create member `name` of consumer group `group` and subscribe it to `topic`. The members of one
-    // group are the consumers with the same `group.id`: `broker.consumer_config(group)` sets it (and starts a new
-    // group at the earliest offset). Name the client after the member (`client.id`), build the consumer with
-    // `create_with_context(MemberContext { .. })` sharing `log`, and `subscribe` — the group, not you, decides
-    // which partitions this member reads.
+    // TODO(lesson 04): Create member `name` of consumer group `group`, known to the broker by the member's name, with a
+    // `MemberContext` sharing `log`, and make it take part in the group's division of `topic`: the group, not you,
+    // decides which partitions it reads. The tests start two members of one group and one of another: the first two
+    // must split the partitions and the events between them, the third must receive every event.
     todo!("lesson 04: write `join_group` (the TODO above says what it must do; `cargo xtask hint 04` helps)")
 }
 // ANCHOR_END: join_group

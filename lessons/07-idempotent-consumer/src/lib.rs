@@ -150,15 +150,13 @@ impl AggregateStore {
 // ANCHOR: apply_event
 /// Marks `event` processed and updates its user's aggregates, atomically; a duplicate changes nothing.
 pub async fn apply_event(store: &mut AggregateStore, event: &UserEvent) -> anyhow::Result<Outcome> {
-    // TODO(lesson 07): Apply `event` to Redis exactly once per `event_id`, in ONE atomic step: a Lua script run with
-    // `redis::Script::new(…)`, so no other client can act between the check and the update (two round trips —
-    // check, then update — could interleave with a redelivery, or crash half-way). The script must:
-    // - mark the event processed with `SET <processed key> 1 NX EX <ttl seconds>`; when SET answers nil the
-    // event was seen before: return 0 and touch nothing else;
-    // - otherwise `HINCRBY` the user's aggregates hash: `clicks` or `purchases` by 1, and for a purchase
-    // `purchase_total_cents` by its `amount_cents`; return 1.
-    // Pass the two keys with `.key(…)` (`store.processed_key(event)`, `store.aggregates_key(&event.user_id)`) and
-    // the rest with `.arg(…)`; run it with `.invoke_async::<i64>(store.connection())` and map 1/0 to `Outcome`.
+    // TODO(lesson 07): Apply `event` to Redis exactly once per `event_id`, in ONE atomic step: no other client may act
+    // between "was this id seen?" and the update, and no crash may fall between them. A first delivery marks the id
+    // processed under `store.processed_key(event)` for `store.processed_ttl()`, and adds the event to the user's hash
+    // at `store.aggregates_key(&event.user_id)`: `clicks` or `purchases` + 1, and for a purchase
+    // `purchase_total_cents` + its `amount_cents`. A duplicate changes nothing at all. Return which of the two it was.
+    // The tests apply injected duplicates, let processed ids expire while the aggregates stay, and deliver one
+    // purchase eight times at the same moment: exactly one may apply it.
     todo!("lesson 07: write `apply_event` (the TODO above says what it must do; `cargo xtask hint 07` helps)")
 }
 // ANCHOR_END: apply_event
@@ -213,11 +211,12 @@ pub async fn consume(
     store: &mut AggregateStore,
     until: Until,
 ) -> anyhow::Result<ConsumeReport> {
-    // TODO(lesson 07): The consumer loop, at-least-once. Read `consumer.stream()` until `until.records` records are
-    // handled, or none arrives within `until.idle` (wrap `stream.next()` in `tokio::time::timeout`). For each
-    // record: `decode` it, `apply_event` it, count the outcome in the report, and only THEN commit it with
-    // `consumer.commit_message(&message, CommitMode::Sync)` — so a crash before the commit means redelivery,
-    // never a lost event. Any error (a bad record, Redis down) returns at once, leaving that record uncommitted.
+    // TODO(lesson 07): The consumer loop, at-least-once. Read records from `consumer` until `until.records` are handled, or
+    // until none arrives within `until.idle`. Each record is decoded (`decode`), applied (`apply_event`), counted in
+    // the report, and committed only once its effect is in Redis — so a crash before the commit means redelivery,
+    // never a lost event. Any error (a bad record, Redis down) ends the loop at once with that error, the record
+    // uncommitted. The tests let a first worker crash before committing, then run your loop in the same group: the
+    // aggregates must be exact and the group's committed offsets must reach the end of every partition.
     todo!("lesson 07: write `consume` (the TODO above says what it must do; `cargo xtask hint 07` helps)")
 }
 // ANCHOR_END: consume

@@ -93,10 +93,10 @@ impl FailureKind {
 // ANCHOR: validate
 /// The event in `payload`, or the reason it is invalid.
 pub fn validate(payload: Option<&[u8]>) -> Result<UserEvent, String> {
-    // TODO(lesson 08): Validate a record's payload into a `UserEvent`, or say why it is not one (the reason goes into the
-    // DLQ header). Refuse: a missing payload; anything `serde_json::from_slice` rejects (not JSON, wrong types,
+    // TODO(lesson 08): Validate a record's payload into a `UserEvent`, or say why it is not one (the reason goes into the DLQ
+    // header). Refuse: a missing payload; anything that does not parse as a `UserEvent` (not JSON, wrong types,
     // missing fields); an empty `user_id`; a purchase without `amount_cents` or with 0; a click that carries an
-    // amount.
+    // amount. The tests hide four such records among valid events.
     todo!("lesson 08: write `validate` (the TODO above says what it must do; `cargo xtask hint 08` helps)")
 }
 // ANCHOR_END: validate
@@ -104,11 +104,12 @@ pub fn validate(payload: Option<&[u8]>) -> Result<UserEvent, String> {
 // ANCHOR: handle
 /// Validates, processes with retries, and says whether the record was processed or must be dead-lettered.
 pub async fn handle<P: Processor>(payload: Option<&[u8]>, processor: &mut P, policy: &RetryPolicy) -> Disposition {
-    // TODO(lesson 08): Decide what becomes of one record. Validate its payload: an invalid event is a `DeadLetter` of kind
-    // `Invalid` with 0 attempts, at once — never retried. Otherwise call `processor.process(&event)` up to
-    // `policy.max_attempts` times: `Ok` → `Processed { attempts }`; after a failure, wait `policy.delay(attempt)`
-    // (`tokio::time::sleep`) and try again; when the last attempt fails, a `DeadLetter` of kind `Processing` whose
-    // reason names the attempts and the last error.
+    // TODO(lesson 08): Decide what becomes of one record. An invalid event (see `validate`) is dead-lettered at once: kind
+    // `Invalid`, 0 attempts, never retried. A valid one goes to `processor`, `policy.max_attempts` times at most in
+    // all: a success is `Processed` with the attempts it took; between two attempts, wait as `policy` says for the
+    // attempt that failed; when the last attempt fails, a `DeadLetter` of kind `Processing` whose reason names the
+    // attempts and the last error. The tests use a processor that fails twice and then recovers (processed on attempt
+    // 3) and one that never recovers (dead-lettered after exactly `max_attempts`).
     todo!("lesson 08: write `handle` (the TODO above says what it must do; `cargo xtask hint 08` helps)")
 }
 // ANCHOR_END: handle
@@ -123,10 +124,10 @@ pub async fn dead_letter(
     reason: &str,
     attempts: u32,
 ) -> anyhow::Result<()> {
-    // TODO(lesson 08): Write `message` to `dlq_topic` unchanged — same key, same payload — with headers (`OwnedHeaders`,
-    // `Header { key, value: Some(…) }`) for the failure kind, the reason, the attempts, and the original topic,
-    // partition and offset (names in `header`). Await the delivery report: the caller commits the original only
-    // after the dead letter is safely stored.
+    // TODO(lesson 08): Write `message` to `dlq_topic` unchanged — same key, same payload, byte for byte — with headers (names
+    // in `header`) for the failure kind, the reason, the attempts, and the original topic, partition and offset.
+    // Return only once the broker has stored the dead letter: the caller commits the original right after. The tests
+    // read the DLQ back and compare keys, payloads and every header with the poison records they wrote.
     todo!("lesson 08: write `dead_letter` (the TODO above says what it must do; `cargo xtask hint 08` helps)")
 }
 // ANCHOR_END: dead_letter

@@ -63,11 +63,11 @@ pub fn producer_config(broker: &kit::Broker) -> ClientConfig {
     config
 }
 
-// EXERCISE: Send every event to `topic` as JSON (`event.to_json()`), keyed by its `user_id` when `keying` is
-// `Keying::ByUser` and with no key at all when it is `Keying::None` (a `FutureRecord` without `.key(..)`).
-// Start all the sends before awaiting any (`producer.send(..)` futures joined with `try_join_all`): the
-// producer batches them and still keeps each partition in the order the sends were made. Return one
-// `Placement` per event, in the order of `events`, from each delivery report's partition and offset.
+// EXERCISE: Send every event to `topic` as JSON (`event.to_json()`), keyed by its `user_id` for `Keying::ByUser`
+// and with no key at all for `Keying::None`. Return one `Placement` per event, in the order of `events`, with the
+// partition and offset its delivery report gave. The sends must not wait for one another — start them all, then
+// collect the reports — so the producer can batch them; it still writes each partition in the order the sends were
+// started. The tests read both topics back and check where and in which order each user's events are.
 // ANCHOR: produce
 /// Sends `events` in order and reports where each one landed.
 pub async fn produce(
@@ -96,8 +96,8 @@ pub async fn produce(
 }
 // ANCHOR_END: produce
 
-// EXERCISE: Count how many of the `placements` landed in each partition. A `BTreeMap` keeps the partitions
-// sorted, so the result prints (and snapshots) the same way every time.
+// EXERCISE: Count how many of the `placements` landed in each partition, with the partitions in ascending order,
+// so the result prints (and snapshots) the same way on every run.
 // ANCHOR: partition_counts
 /// Events per partition.
 pub fn partition_counts(placements: &[Placement]) -> BTreeMap<i32, usize> {
@@ -109,11 +109,11 @@ pub fn partition_counts(placements: &[Placement]) -> BTreeMap<i32, usize> {
 }
 // ANCHOR_END: partition_counts
 
-// EXERCISE: Describe each user's events from the records read back from the topic (sorted by partition, then
-// offset). Parse each payload as a `UserEvent`; group by `user_id`. For each user count the events, collect
-// their partitions, and decide `in_order`: true only when there is one partition and, read by increasing
-// offset, the event `timestamp`s never go backwards. A payload that is not an event is an error that names
-// the record's partition and offset.
+// EXERCISE: Describe each user's events as the topic holds them, from the records a reader got back (each payload
+// a `UserEvent` as JSON). Per user: how many events, in which partitions, and `in_order` — true only when one
+// partition holds them all and, read in log order (by partition, then offset), their `timestamp`s never go
+// backwards. A payload that is not an event is an error that names its partition and offset. The tests give you
+// keyed and unkeyed read-backs, and hand-made records in and out of order.
 // ANCHOR: user_layout
 /// Each user's events as the topic holds them: how many, in which partitions, and whether in order.
 pub fn user_layout(records: &[ReadRecord]) -> anyhow::Result<BTreeMap<String, UserLayout>> {

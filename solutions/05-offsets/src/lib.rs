@@ -42,10 +42,11 @@ pub enum Commits {
 /// a commit happen quickly. The risk it shows is the same at any interval.
 pub const AUTO_COMMIT_INTERVAL_MS: &str = "200";
 
-// EXERCISE: Build the configuration of a consumer in `group`. Start from `broker.consumer_base()` and set
-// `group.id`. Set `auto.offset.reset` to `earliest` or `latest` from `start`. For `Commits::Auto` set
-// `enable.auto.commit` to `true` and `auto.commit.interval.ms` to `AUTO_COMMIT_INTERVAL_MS`; for
-// `Commits::AfterProcessing` set `enable.auto.commit` to `false`: the code will commit.
+// EXERCISE: The configuration of a consumer in `group`, built on `broker.consumer_base()`. Where a group with no
+// committed offset starts follows `start`. Who commits follows `commits`: with `Commits::Auto` the client commits
+// in the background every `AUTO_COMMIT_INTERVAL_MS`; with `Commits::AfterProcessing` it never commits on its own,
+// your code does. The tests run the combinations and watch what a new group reads and what a crash leaves
+// committed.
 // ANCHOR: consumer_config
 /// A consumer of `group` that starts at `start` when the group has no committed offset and commits as `commits`.
 pub fn consumer_config(broker: &Broker, group: &str, start: StartFrom, commits: Commits) -> ClientConfig {
@@ -113,10 +114,11 @@ pub struct Crash {
     pub after_processing: usize,
 }
 
-// EXERCISE: Process up to `count` records at least once. For each record from `consumer.recv()` (bound each
-// wait with `RECEIVE_TIMEOUT`): process it — here, `handle(&message)?` and push the result — and only then
-// commit it with `consumer.commit_message(&message, CommitMode::Sync)`. If `crash` says the process dies after
-// processing this record, return what was processed *without* committing it: the crash falls between the two.
+// EXERCISE: Process up to `count` records at least once: a record must never be committed before it is processed
+// (processing is `handle(&message)`; return its results). No wait for a record may outlast `RECEIVE_TIMEOUT`.
+// `crash` makes the process die right after processing its `after_processing`-th record: return there, with that
+// record processed but not committed. The tests crash after offset 3, then check that the committed offset is
+// still 3 and that a restart processes offset 3 again and skips nothing.
 // ANCHOR: process_then_commit
 /// Processes records one by one and commits each only after it is processed; stops early at a simulated crash.
 pub async fn process_then_commit(
@@ -139,10 +141,9 @@ pub async fn process_then_commit(
 }
 // ANCHOR_END: process_then_commit
 
-// EXERCISE: Point `consumer` at `offset` of `topic`/`partition`, whatever the group committed, so its next
-// records replay the log from there. Build a `TopicPartitionList`, `add_partition_offset(topic, partition,
-// Offset::Offset(offset))`, and `consumer.assign(&list)`: an assignment made by hand, outside the group's
-// rebalancing, that starts exactly where it says.
+// EXERCISE: Point `consumer` at `offset` of `topic`/`partition` so that its next records replay the log from
+// exactly there, whatever the group committed and without waiting for a rebalance. The tests replay from offset 4
+// and expect offsets 4–9, with the same events as the first read.
 // ANCHOR: replay_from
 /// Rewinds (or fast-forwards) `consumer` to `offset` of one partition.
 pub fn replay_from(consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) -> anyhow::Result<()> {
@@ -168,7 +169,9 @@ pub fn resume(consumer: &StreamConsumer, topic: &str, partitions: &[i32]) -> any
 /// How far a group is behind on one partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct PartitionLag {
-    /// The offset the next record written to the partition will get.
+    /// The partition's high watermark: the end of what is replicated to every in-sync replica, which is what a
+    /// consumer may read. (The offset the next record will get is the log-end offset; on one broker, or once the
+    /// followers have caught up, the two are equal.)
     pub high_watermark: i64,
     /// The group's committed offset: the next record it will read. `None` when it has committed nothing.
     pub committed: Option<i64>,
@@ -176,11 +179,10 @@ pub struct PartitionLag {
     pub lag: i64,
 }
 
-// EXERCISE: Measure the group's lag on each partition of `topic` (partitions `0..partitions`). The group is
-// `consumer`'s `group.id`. Get each partition's watermarks with `consumer.fetch_watermarks(topic, p, timeout)`
-// (low, high); get the committed offsets with `consumer.committed_offsets(list, timeout)` for a list naming the
-// partitions. Lag = high watermark − committed offset; a partition with no committed offset
-// (`Offset::Invalid`) counts everything still in the log: high − low.
+// EXERCISE: Measure how far `consumer`'s group is behind on each partition `0..partitions` of `topic`: the high
+// watermark minus the group's committed offset. Where the group committed nothing, `committed` is `None` and
+// everything still in the log counts (high watermark − low watermark). The tests commit different amounts on three
+// partitions (one caught up, one untouched) and compare your figures with what they wrote.
 // ANCHOR: lag
 /// The group's lag per partition: high watermark − committed offset.
 pub fn lag(consumer: &StreamConsumer, topic: &str, partitions: i32) -> anyhow::Result<BTreeMap<i32, PartitionLag>> {

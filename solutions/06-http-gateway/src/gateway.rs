@@ -6,6 +6,9 @@
 //!   unreachable: retry later) or 500 (Kafka refused it);
 //! - `GET /messages?limit=N` — the newest events the reader has seen, newest first;
 //! - `GET /health` — 200 while the reader runs, 503 once it has stopped.
+//!
+//! Every refusal has the same JSON shape ([`ErrorBody`]): a body that is too large (413) or a query string that
+//! does not parse (400) included, though axum would answer those in plain text by itself.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -15,7 +18,8 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +38,10 @@ use tower_http::trace::TraceLayer;
 use tracing::{info, warn};
 
 use crate::{FieldError, PublishError, keep_newest, newest_first, parse_body, publish, validate_event};
+
+/// The largest request body the gateway reads. An event is a few hundred bytes; a client sending more than this
+/// is refused (413) before its body is buffered, instead of axum's default of 2 MB.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What the gateway is told at start-up.
 #[derive(Debug, Clone)]
@@ -188,7 +196,8 @@ pub struct GatewayState {
     reader_running: AtomicBool,
 }
 
-/// The body of every error answer: a summary, the details, and whether the same request may succeed later.
+/// The body of every error answer: a summary, the details, whether the same request may succeed later, and the
+/// fields to fix (of the body, or of the query string).
 #[derive(Debug, Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,
@@ -207,6 +216,35 @@ fn invalid_event(fields: Vec<FieldError>) -> Response {
         fields,
     };
     (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+}
+
+/// A body axum could not read — larger than [`MAX_BODY_BYTES`] (413), or cut off on the way (400) — refused in
+/// the same shape as an invalid one, instead of axum's plain-text rejection.
+fn unreadable_body(rejection: BytesRejection) -> Response {
+    let status = rejection.status();
+    let (error, message) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ("request too large", format!("must be at most {MAX_BODY_BYTES} bytes: one event takes a few hundred"))
+    } else {
+        ("unreadable request", rejection.body_text())
+    };
+    let body = ErrorBody {
+        error,
+        detail: "nothing was published: send one event per request".to_string(),
+        retryable: false,
+        fields: vec![FieldError::new("body", message)],
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// A query string that names its parameters wrongly: 400, with the parameter to fix.
+fn invalid_query(fields: Vec<FieldError>) -> Response {
+    let body = ErrorBody {
+        error: "invalid query",
+        detail: "fix the query parameters listed and ask again".to_string(),
+        retryable: false,
+        fields,
+    };
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
 }
 
 // ANCHOR: publish_error_response
@@ -230,7 +268,11 @@ impl IntoResponse for PublishError {
 // ANCHOR_END: publish_error_response
 
 // ANCHOR: post_event
-async fn post_event(State(state): State<Arc<GatewayState>>, body: Bytes) -> Response {
+async fn post_event(State(state): State<Arc<GatewayState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return unreadable_body(rejection),
+    };
     let event =
         match parse_body(&body).map_err(|e| vec![e]).and_then(|fields| validate_event(&fields, chrono::Utc::now())) {
             Ok(event) => event,
@@ -256,18 +298,41 @@ async fn post_event(State(state): State<Arc<GatewayState>>, body: Bytes) -> Resp
 }
 // ANCHOR_END: post_event
 
+/// `GET /messages?limit=N`. The limit is read as text and checked here, so a bad one gets a message that names
+/// it (axum's `Query` would refuse it in plain text).
 #[derive(Debug, Deserialize)]
 struct MessagesQuery {
-    limit: Option<usize>,
+    limit: Option<String>,
 }
 
-async fn get_messages(State(state): State<Arc<GatewayState>>, Query(query): Query<MessagesQuery>) -> Response {
+/// What `?limit=` says: absent is `None`, a whole number is `Some`, anything else names the parameter.
+fn parse_limit(query: &MessagesQuery) -> Result<Option<usize>, FieldError> {
+    match query.limit.as_deref().map(str::trim) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            FieldError::new("limit", format!("must be a whole number of events such as 20, not {text:?}"))
+        }),
+    }
+}
+
+async fn get_messages(
+    State(state): State<Arc<GatewayState>>,
+    query: Result<Query<MessagesQuery>, QueryRejection>,
+) -> Response {
+    let limit = match query {
+        Ok(Query(query)) => parse_limit(&query),
+        Err(rejection) => Err(FieldError::new("query", rejection.body_text())),
+    };
+    let limit = match limit {
+        Ok(limit) => limit,
+        Err(problem) => return invalid_query(vec![problem]),
+    };
     let recent = &state.recent;
     let body = json!({
         "capacity": recent.capacity,
         "read": recent.read.load(Ordering::Relaxed),
         "skipped": recent.skipped.load(Ordering::Relaxed),
-        "messages": recent.newest(query.limit.unwrap_or(recent.capacity)),
+        "messages": recent.newest(limit.unwrap_or(recent.capacity)),
     });
     axum::Json(body).into_response()
 }
@@ -378,13 +443,14 @@ impl Gateway {
     }
     // ANCHOR_END: start_reader
 
-    /// The routes, over this gateway's state. A panic in a handler becomes a 500 instead of a dropped
-    /// connection, and every request is traced.
+    /// The routes, over this gateway's state. Bodies are read up to [`MAX_BODY_BYTES`]; a panic in a handler
+    /// becomes a 500 instead of a dropped connection, and every request is traced.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/events", post(post_event))
             .route("/messages", get(get_messages))
             .route("/health", get(health))
+            .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
             .with_state(Arc::clone(&self.state))
             .layer(CatchPanicLayer::new())
             .layer(TraceLayer::new_for_http())

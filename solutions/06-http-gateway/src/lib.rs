@@ -90,18 +90,18 @@ pub fn parse_body(body: &[u8]) -> Result<Map<String, Value>, FieldError> {
     }
 }
 
-// EXERCISE: Turn the fields of a request body into a `UserEvent`, or into EVERY problem found (collect them in
-// a `Vec<FieldError>`, so one round trip tells the client all there is to fix). Use the messages of `rule`:
+// EXERCISE: Turn the fields of a request body into a `UserEvent`, or into EVERY problem found, each a `FieldError`
+// naming its field, so one round trip tells the client all there is to fix. The rules, with the messages of `rule`
+// (the tests compare them word for word):
 // - a field that is not in `EVENT_FIELDS` is an error (`rule::unknown_field()`);
 // - `user_id`: required (absent or `null` is `rule::REQUIRED`), a string, not blank (`rule::BLANK` for "" or
-//   "  "), at most `MAX_USER_ID_CHARS` characters (`rule::too_long()`);
+//   whitespace only), at most `MAX_USER_ID_CHARS` characters (`rule::too_long()`);
 // - `event_type`: required, the string "click" or "purchase" (else `rule::unknown_event_type(got)`);
 // - `amount_cents`: a purchase needs one (`rule::AMOUNT_REQUIRED_FOR_PURCHASE`) and it must be a whole number
-//   above 0 (`Value::as_u64`; else `rule::AMOUNT_NOT_POSITIVE`); a click must not carry one (`null` counts as
-//   absent; else `rule::AMOUNT_NOT_ALLOWED_FOR_CLICK`);
-// - `event_id` (a UUID string: `Uuid::parse_str`) and `timestamp` (an RFC 3339 string:
-//   `DateTime::parse_from_rfc3339`, then `.with_timezone(&Utc)`) are optional: when absent, use
-//   `Uuid::new_v4()` and `received_at`.
+//   above 0 (19.99, -5 and "1999" are not: `rule::AMOUNT_NOT_POSITIVE`); a click must not carry one (`null` counts
+//   as absent; else `rule::AMOUNT_NOT_ALLOWED_FOR_CLICK`);
+// - `event_id` (a UUID string) and `timestamp` (an RFC 3339 date-time string) are optional: when absent, a new
+//   random (version 4) UUID and `received_at`.
 // A field of the wrong JSON type gets its rule's message too (`rule::NOT_A_STRING`, `rule::NOT_A_UUID`, …).
 // ANCHOR: validate_event
 /// The event `fields` describe, or every rule they break, each naming its field. `received_at` is the event
@@ -212,9 +212,10 @@ pub const TRANSIENT_CODES: &[RDKafkaErrorCode] = &[
 ];
 // ANCHOR_END: transient_codes
 
-// EXERCISE: Sort a Kafka error into the kind a client can act on. `error.rdkafka_error_code()` gives the
-// librdkafka code (when there is one); a code listed in `TRANSIENT_CODES` means `PublishError::Unavailable`,
-// anything else `PublishError::Rejected`. Keep `error.to_string()` as the reason in both.
+// EXERCISE: Sort a Kafka error into the kind an HTTP client can act on: an error whose librdkafka code is in
+// `TRANSIENT_CODES` means "come back later" (`PublishError::Unavailable`, a 503); any other, including an error
+// without a librdkafka code, means "this will not work" (`PublishError::Rejected`, a 500). Both carry the error's
+// own text, word for word, as their reason. The tests sort ten error codes of both kinds.
 // ANCHOR: classify
 /// Whether `error` means "come back later" (503) or "this will not work" (500).
 pub fn classify(error: &KafkaError) -> PublishError {
@@ -230,10 +231,11 @@ pub fn classify(error: &KafkaError) -> PublishError {
 /// is not keeping up, and the HTTP client should hear so (503) instead of holding a connection open.
 pub const QUEUE_TIMEOUT: Duration = Duration::ZERO;
 
-// EXERCISE: Publish `event` to `topic` and wait for the broker's acknowledgement. The record is keyed by the
-// event's `user_id` (one user's events stay in order) and its payload is `event.to_json()`. Await
-// `producer.send(record, QUEUE_TIMEOUT)`: the delivery report gives `partition` and `offset`; an
-// `Err((error, _message))` becomes `classify(&error)`.
+// EXERCISE: Publish `event` to `topic` and wait for the broker's acknowledgement. One user's events must stay in
+// order, and the payload is `event.to_json()`. A full local queue is an answer (a 503), not a reason to hold the
+// HTTP request: use `QUEUE_TIMEOUT`. Return where the record was stored, from the delivery report, or the failure
+// sorted by `classify`. The tests find each accepted event where its 202 said, and expect a 503 — not a hang —
+// when nothing listens at the broker's address.
 // ANCHOR: publish
 /// Sends one event and returns where it landed, or why it could not be published.
 pub async fn publish(producer: &FutureProducer, topic: &str, event: &UserEvent) -> Result<Delivery, PublishError> {
@@ -246,8 +248,9 @@ pub async fn publish(producer: &FutureProducer, topic: &str, event: &UserEvent) 
 }
 // ANCHOR_END: publish
 
-// EXERCISE: Append `item` to `buffer` (oldest at the front, newest at the back) while keeping at most
-// `capacity` items: drop the oldest ones (`VecDeque::pop_front`) to make room. A capacity of 0 keeps nothing.
+// EXERCISE: Remember `item` in `buffer` (oldest at the front, newest at the back) while holding at most `capacity`
+// items: the oldest are forgotten first, and a capacity of 0 keeps nothing. The tests push past the capacity,
+// check the length after every push, then which items are left.
 // ANCHOR: keep_newest
 /// Remembers `item`, forgetting the oldest items beyond `capacity`: memory stays bounded however much is read.
 pub fn keep_newest<T>(buffer: &mut VecDeque<T>, capacity: usize, item: T) {
@@ -261,8 +264,8 @@ pub fn keep_newest<T>(buffer: &mut VecDeque<T>, capacity: usize, item: T) {
 }
 // ANCHOR_END: keep_newest
 
-// EXERCISE: Return copies of the newest `limit` items of `buffer` (whose newest item is at the back), newest
-// first. `iter().rev()`, `take` and `cloned` do it.
+// EXERCISE: Copies of the newest `limit` items of `buffer` (whose newest item is at the back), newest first; fewer
+// when the buffer holds fewer, none for a `limit` of 0.
 // ANCHOR: newest_first
 /// Up to `limit` of the newest items, newest first: what `GET /messages` shows.
 pub fn newest_first<T: Clone>(buffer: &VecDeque<T>, limit: usize) -> Vec<T> {

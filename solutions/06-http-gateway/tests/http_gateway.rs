@@ -12,7 +12,7 @@ use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use serde_json::{Value, json};
-use solution_06::gateway::{Backoff, Gateway, GatewaySettings, ShutdownReport, producer_config};
+use solution_06::gateway::{Backoff, Gateway, GatewaySettings, MAX_BODY_BYTES, ShutdownReport, producer_config};
 use solution_06::{FieldError, PublishError, classify, keep_newest, newest_first, parse_body, validate_event};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -325,6 +325,68 @@ async fn an_unreachable_kafka_is_a_503_with_a_clear_body_not_a_hang() {
     // Validation does not need Kafka: a bad event is still a 422, at once.
     let (status, answer, _) = post(&client, &served.base, r#"{"user_id": "user-1", "event_type": "refund"}"#).await;
     assert_eq!(status, 422, "a bad event is refused even while Kafka is down; got {status}: {answer}");
+
+    let _ = shut_down(served).await;
+}
+
+/// A gateway for requests that never reach Kafka: its producer points at an address where nothing listens.
+async fn serve_without_kafka() -> Served {
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut nowhere = ClientConfig::new();
+    nowhere.set("bootstrap.servers", &nobody).set("log_level", "0");
+    let settings = GatewaySettings::new(unique("lesson06-no-kafka"));
+    let producer: FutureProducer = producer_config(nowhere, settings.publish_timeout).create().unwrap();
+    serve(Gateway::with_producer(producer, &settings)).await
+}
+
+/// The top-level keys of a JSON answer, and the fields it names: its shape, whatever the words.
+fn shape(answer: &Value) -> (Vec<String>, Vec<String>) {
+    let keys = answer.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    let fields = answer["fields"].as_array().into_iter().flatten();
+    (keys, fields.filter_map(|f| f["field"].as_str().map(String::from)).collect())
+}
+
+#[tokio::test]
+async fn an_oversized_body_is_a_413_in_the_shape_of_every_other_refusal() {
+    let served = serve_without_kafka().await;
+    let client = reqwest::Client::new();
+    let padding = "x".repeat(MAX_BODY_BYTES);
+    let oversized = format!(r#"{{"user_id": "user-1", "event_type": "click", "note": "{padding}"}}"#);
+    let (status, too_large, _) = post(&client, &served.base, &oversized).await;
+    assert_eq!(status, 413, "a body over MAX_BODY_BYTES is 413 Payload Too Large; got {status}: {too_large}");
+    assert_eq!(shape(&too_large).1, ["body"], "the answer is JSON naming the body as what to fix: {too_large}");
+    assert_eq!(too_large["retryable"], json!(false), "the same request will never fit: {too_large}");
+
+    // An invalid event of a normal size: the 413 must read like this 422, so clients handle one shape.
+    let (status, invalid, _) = post(&client, &served.base, r#"{"user_id": "user-1", "event_type": "refund"}"#).await;
+    assert_eq!(status, 422, "a bad event is refused with 422; got {status}: {invalid}");
+    assert_eq!(
+        shape(&too_large).0,
+        shape(&invalid).0,
+        "413 and 422 answers have the same keys: {too_large} / {invalid}"
+    );
+    kit::redact::settings().bind(|| insta::assert_json_snapshot!("too_large_answer", too_large));
+
+    let _ = shut_down(served).await;
+}
+
+#[tokio::test]
+async fn a_bad_query_string_is_a_400_that_names_the_parameter() {
+    let served = serve_without_kafka().await;
+    let client = reqwest::Client::new();
+    let mut refused = BTreeMap::new();
+    for (query, field) in [("limit=ten", "limit"), ("limit=-1", "limit"), ("limit=1&limit=2", "query")] {
+        let (status, answer) = get(&client, format!("{}/messages?{query}", served.base)).await;
+        assert_eq!(status, 400, "?{query} is 400 Bad Request; got {status}: {answer}");
+        assert_eq!(shape(&answer).1, [field], "?{query}: the answer names `{field}`: {answer}");
+        assert_eq!(answer["retryable"], json!(false), "?{query}: {answer}");
+        refused.insert(query, answer);
+    }
+    kit::redact::settings().bind(|| insta::assert_json_snapshot!("bad_query_answers", refused));
+
+    // A good limit is still served: nothing has been read yet, so the list is empty.
+    let (status, answer) = get(&client, format!("{}/messages?limit=5", served.base)).await;
+    assert_eq!((status, &answer["messages"]), (200, &json!([])), "?limit=5 is served: {answer}");
 
     let _ = shut_down(served).await;
 }

@@ -120,7 +120,8 @@ async fn next_record<'a>(
     }
 }
 
-/// The high watermark (the offset the next record will get) of each partition.
+/// The high watermark of each partition: the end of what a consumer can read now, so the story reads only what
+/// it writes after this point.
 fn end_offsets(broker: &Broker, topic: &str, partitions: i32) -> anyhow::Result<Vec<i64>> {
     let probe: StreamConsumer = broker.consumer_base().set("group.id", "lesson07-probe").create()?;
     (0..partitions).map(|p| Ok(probe.fetch_watermarks(topic, p, Duration::from_secs(5))?.1)).collect()

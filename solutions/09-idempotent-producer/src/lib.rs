@@ -36,12 +36,11 @@ pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 /// five batches of each producer and partition, so it can put up to five in order again after a retry.
 pub const MAX_IN_FLIGHT: u32 = 5;
 
-// EXERCISE: Build the configuration of a producer whose retries are safe. Start from `bootstrap.servers` (the
-// address you are given) and turn on `enable.idempotence` (the broker then numbers each producer's batches and
-// drops a batch it already has). Say out loud what idempotence needs: `acks` = `all` (a record counts only
-// once every in-sync replica has it), `max.in.flight.requests.per.connection` = MAX_IN_FLIGHT (5: more in
-// flight than the broker can re-order), and `retries` left high (the default, or any value ≥ 1). Bound the
-// retrying with `message.timeout.ms` = 30000: after 30 s a record fails instead of being retried forever.
+// EXERCISE: The configuration of a producer for the brokers at `bootstrap_servers` whose retries can neither
+// duplicate nor reorder a record. Write down everything that guarantee needs, even where it is librdkafka's
+// default: how many replicas must hold a record before it counts, at most `MAX_IN_FLIGHT` requests in flight per
+// connection, and retries allowed. Bound the retrying: after 30 s a record fails instead of being retried on. The
+// tests read each of these back, and check that the broker gives your producer a producer id.
 // ANCHOR: producer_config
 /// The configuration of an idempotent producer for the brokers at `bootstrap_servers`.
 pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
@@ -115,11 +114,10 @@ impl Watch {
     }
 }
 
-// EXERCISE: Send every record of `records` to `topic` and return their delivery reports, in the same order.
-// Key each record by its `key` and carry it as JSON (`serde_json::to_string`). Do not wait for one record's
-// report before sending the next: enqueue them all with `producer.send_result(FutureRecord…)` (it returns a
-// `DeliveryFuture` at once), so several requests are in flight, then await all the futures
-// (`futures::future::try_join_all` helps). A record that could not be delivered is an error that names it.
+// EXERCISE: Send every record of `records` to `topic`, keyed by its `key` and carried as JSON, and return the
+// delivery reports in the same order. Several requests must be in flight at once — never wait for one report
+// before sending the next record — because that is when a retry could reorder. A record that could not be
+// delivered is an error that names it. The tests send through injected faults and read the topic back.
 // ANCHOR: send_numbered
 /// Sends `records` with many in flight and waits for every delivery report.
 pub async fn send_numbered<C: ClientContext + 'static>(
@@ -209,12 +207,12 @@ impl OrderCheck {
     }
 }
 
-// EXERCISE: Check "once and in order per partition" from what was read back. `records` are sorted by
-// partition and offset (log order). Parse each payload as a `Numbered` (an unparsable one goes to `unreadable`
-// as "partition/offset"), and for every key in `keys` fill a `KeyReport`: the partitions its records were in,
-// how many were read, which numbers in 0..per_key are `missing`, which came more than once (`duplicated`), and
-// which first arrived after a higher number of the same key (`out_of_order`; a later copy of a record is a
-// duplicate, not a reordering). Keep the lists sorted, without repeats.
+// EXERCISE: Check "once and in order per partition" from what was read back. `records` are in log order (by
+// partition, then offset). A payload that is not a `Numbered` goes to `unreadable` as "partition/offset". For
+// every key in `keys` fill a `KeyReport`: the partitions its records were in, how many were read, which numbers in
+// 0..per_key are `missing`, which came more than once (`duplicated`), and which first arrived after a higher
+// number of the same key (`out_of_order`; a later copy of a record is a duplicate, not a reordering). Keep the
+// lists sorted, without repeats. The tests hand you logs with each fault in them.
 // ANCHOR: check_once_in_order
 /// Checks that each of `keys` has the records `0..per_key`, each once, in log order.
 pub fn check_once_in_order(records: &[ReadRecord], keys: &[&str], per_key: u32) -> OrderCheck {
