@@ -365,7 +365,7 @@ async fn an_oversized_body_is_a_413_in_the_shape_of_every_other_refusal() {
         shape(&invalid).0,
         "413 and 422 answers have the same keys: {too_large} / {invalid}"
     );
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("too_large_answer", too_large));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("too_large_answer", too_large));
 
     let _ = shut_down(served).await;
 }
@@ -382,7 +382,7 @@ async fn a_bad_query_string_is_a_400_that_names_the_parameter() {
         assert_eq!(answer["retryable"], json!(false), "?{query}: {answer}");
         refused.insert(query, answer);
     }
-    kit::redact::settings().bind(|| insta::assert_json_snapshot!("bad_query_answers", refused));
+    kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("bad_query_answers", refused));
 
     // A good limit is still served: nothing has been read yet, so the list is empty.
     let (status, answer) = get(&client, format!("{}/messages?limit=5", served.base)).await;
