@@ -230,7 +230,11 @@ async fn lag_is_the_high_watermark_minus_the_committed_offset() {
 
     let count = |p: i32| per_partition.get(&p).copied().unwrap_or(0);
     for p in 0..3 {
-        assert_eq!(lags[&p].high_watermark, count(p), "partition {p}: once every record is replicated, the high watermark is the number written");
+        assert_eq!(
+            lags[&p].high_watermark,
+            count(p),
+            "partition {p}: once every record is replicated, the high watermark is the number written"
+        );
     }
     assert_eq!((lags[&0].committed, lags[&0].lag), (Some(2), count(0) - 2), "partition 0: lag = high − committed");
     assert_eq!((lags[&1].committed, lags[&1].lag), (None, count(1)), "partition 1: nothing committed, all is lag");
