@@ -184,9 +184,22 @@ impl RunArgs {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+/// A failed command prints its error and the chain of causes, and exits 1. Not `main() -> Result`: that prints
+/// the error's Debug form, a backtrace included whenever RUST_BACKTRACE is set, and every error here (an unknown
+/// lesson, a level that does not exist, a broker that does not answer) is a message for a person, not a crash.
+fn main() -> std::process::ExitCode {
     kit::telemetry::init();
-    match Cli::parse().command {
+    match run(Cli::parse().command) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Lesson { lesson, solution, args } => lesson::run(&lesson, solution, &args),
         #[cfg(feature = "brokers")]
         Command::Broker { host, port } => broker::run(&host, port),
