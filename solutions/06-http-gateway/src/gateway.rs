@@ -207,15 +207,16 @@ struct ErrorBody<'a> {
     fields: Vec<FieldError>,
 }
 
+/// A client mistake, refused for good (`retryable: false`) with the fields to fix.
+fn refused(status: StatusCode, error: &str, detail: &str, fields: Vec<FieldError>) -> Response {
+    let body = ErrorBody { error, detail: detail.to_string(), retryable: false, fields };
+    (status, axum::Json(body)).into_response()
+}
+
 fn invalid_event(fields: Vec<FieldError>) -> Response {
     // 422 for every client mistake, unparseable JSON included: one status to handle, and `fields` says which.
-    let body = ErrorBody {
-        error: "invalid event",
-        detail: "nothing was published: fix the fields listed and send the event again".to_string(),
-        retryable: false,
-        fields,
-    };
-    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+    let detail = "nothing was published: fix the fields listed and send the event again";
+    refused(StatusCode::UNPROCESSABLE_ENTITY, "invalid event", detail, fields)
 }
 
 /// A body axum could not read — larger than [`MAX_BODY_BYTES`] (413), or cut off on the way (400) — refused in
@@ -227,24 +228,13 @@ fn unreadable_body(rejection: BytesRejection) -> Response {
     } else {
         ("unreadable request", rejection.body_text())
     };
-    let body = ErrorBody {
-        error,
-        detail: "nothing was published: send one event per request".to_string(),
-        retryable: false,
-        fields: vec![FieldError::new("body", message)],
-    };
-    (status, axum::Json(body)).into_response()
+    let detail = "nothing was published: send one event per request";
+    refused(status, error, detail, vec![FieldError::new("body", message)])
 }
 
 /// A query string that names its parameters wrongly: 400, with the parameter to fix.
 fn invalid_query(fields: Vec<FieldError>) -> Response {
-    let body = ErrorBody {
-        error: "invalid query",
-        detail: "fix the query parameters listed and ask again".to_string(),
-        retryable: false,
-        fields,
-    };
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    refused(StatusCode::BAD_REQUEST, "invalid query", "fix the query parameters listed and ask again", fields)
 }
 
 // ANCHOR: publish_error_response
