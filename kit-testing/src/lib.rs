@@ -6,6 +6,7 @@
 //! live in `kit` and are re-exported here so a test imports from one place.
 
 pub mod redact;
+pub mod redis_link;
 
 use std::future::Future;
 use std::sync::OnceLock;

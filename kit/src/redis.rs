@@ -105,26 +105,11 @@ pub async fn delete_namespace(connection: &mut MultiplexedConnection, namespace:
 
 /// Every key under `namespace`, sorted.
 pub async fn scan_namespace(connection: &mut MultiplexedConnection, namespace: &str) -> anyhow::Result<Vec<String>> {
-    // `*`, `?`, `[` and `\` are pattern characters to MATCH: escape them so the namespace is taken literally.
-    let mut pattern = String::with_capacity(namespace.len() + 2);
-    for c in namespace.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push_str(":*");
+    let pattern = namespace_pattern(namespace);
     let mut keys = Vec::new();
     let mut cursor: u64 = 0;
     loop {
-        let (next, batch): (u64, Vec<String>) = ::redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(connection)
-            .await?;
+        let (next, batch): (u64, Vec<String>) = scan_step(cursor, &pattern).query_async(connection).await?;
         keys.extend(batch);
         if next == 0 {
             break;
@@ -134,6 +119,117 @@ pub async fn scan_namespace(connection: &mut MultiplexedConnection, namespace: &
     keys.sort();
     keys.dedup(); // SCAN may return a key twice when the keyspace is rehashed during the walk
     Ok(keys)
+}
+
+/// The SCAN pattern of the keys under `namespace`. `*`, `?`, `[` and `\` are pattern characters to MATCH: they
+/// are escaped so the namespace is taken literally.
+fn namespace_pattern(namespace: &str) -> String {
+    let mut pattern = String::with_capacity(namespace.len() + 2);
+    for c in namespace.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push_str(":*");
+    pattern
+}
+
+/// One step of a SCAN walk over `pattern`, from `cursor`.
+fn scan_step(cursor: u64, pattern: &str) -> ::redis::Cmd {
+    let mut command = ::redis::cmd("SCAN");
+    command.arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(500);
+    command
+}
+
+/// Where [`ClearOnDrop`] lists the namespaces in use, each scored with the second it was taken.
+pub const SCRATCH_NAMESPACES_KEY: &str = "workbook:scratch-namespaces";
+
+/// How long a listed namespace may live before any later [`ClearOnDrop::new`] deletes it: longer than any test
+/// may run (the suite kills a test after 120 s by default).
+pub const SCRATCH_NAMESPACE_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// Deletes the keys under a namespace when dropped, also when a test panics half-way: failed runs (a learner's
+/// `todo!()`, a wrong answer the proofs try) leave nothing behind in a Redis that outlives them.
+///
+/// A process that is killed runs no `Drop` (the proofs stop a wrong answer's other tests once one has failed,
+/// and a test that runs out of time is killed). So each guard also lists its namespace under
+/// [`SCRATCH_NAMESPACES_KEY`], and every new guard first deletes the listed namespaces older than
+/// [`SCRATCH_NAMESPACE_LIFETIME`]: what a killed test wrote lives until the next test run, no longer.
+///
+/// `Drop` cannot await, so this uses a blocking connection of its own for the few milliseconds a SCAN and a
+/// DEL of a test's keys take. Failing to clean up is logged, never a panic (that would abort a panicking test).
+pub struct ClearOnDrop {
+    url: String,
+    namespace: String,
+}
+
+impl ClearOnDrop {
+    /// Lists `namespace` of the resolved Redis for deletion, deletes the namespaces abandoned by earlier runs,
+    /// and clears `namespace` when dropped.
+    pub fn new(namespace: impl Into<String>) -> anyhow::Result<ClearOnDrop> {
+        let guard = ClearOnDrop { url: Redis::resolve()?.url, namespace: namespace.into() };
+        if let Err(e) = guard.list_and_sweep() {
+            tracing::warn!(namespace = %guard.namespace, "could not list the namespace for clean-up: {e}");
+        }
+        Ok(guard)
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    fn connect(&self) -> ::redis::RedisResult<::redis::Connection> {
+        ::redis::Client::open(self.url.as_str())?.get_connection_with_timeout(CONNECT_TIMEOUT)
+    }
+
+    fn list_and_sweep(&self) -> ::redis::RedisResult<()> {
+        let mut connection = self.connect()?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let _: () =
+            ::redis::cmd("ZADD").arg(SCRATCH_NAMESPACES_KEY).arg(now).arg(&self.namespace).query(&mut connection)?;
+        let abandoned: Vec<String> = ::redis::cmd("ZRANGEBYSCORE")
+            .arg(SCRATCH_NAMESPACES_KEY)
+            .arg("-inf")
+            .arg(now.saturating_sub(SCRATCH_NAMESPACE_LIFETIME.as_secs()))
+            .query(&mut connection)?;
+        for namespace in abandoned {
+            clear_namespace(&mut connection, &namespace)?;
+            let _: () = ::redis::cmd("ZREM").arg(SCRATCH_NAMESPACES_KEY).arg(&namespace).query(&mut connection)?;
+        }
+        Ok(())
+    }
+
+    fn clear(&self) -> ::redis::RedisResult<usize> {
+        let mut connection = self.connect()?;
+        let deleted = clear_namespace(&mut connection, &self.namespace)?;
+        let _: () = ::redis::cmd("ZREM").arg(SCRATCH_NAMESPACES_KEY).arg(&self.namespace).query(&mut connection)?;
+        Ok(deleted)
+    }
+}
+
+impl Drop for ClearOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.clear() {
+            tracing::warn!(namespace = %self.namespace, "could not delete the namespace's Redis keys: {e}");
+        }
+    }
+}
+
+/// Deletes every key under `namespace` over a blocking connection; returns how many there were.
+fn clear_namespace(connection: &mut ::redis::Connection, namespace: &str) -> ::redis::RedisResult<usize> {
+    let pattern = namespace_pattern(namespace);
+    let (mut cursor, mut deleted) = (0u64, 0usize);
+    loop {
+        let (next, batch): (u64, Vec<String>) = scan_step(cursor, &pattern).query(connection)?;
+        if !batch.is_empty() {
+            deleted += ::redis::cmd("DEL").arg(&batch).query::<usize>(connection)?;
+        }
+        if next == 0 {
+            return Ok(deleted);
+        }
+        cursor = next;
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //!
 //! Lessons are discovered from the file system, so adding one is adding a directory: no list to keep in step.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use serde::Deserialize;
@@ -71,8 +71,17 @@ impl Lesson {
 }
 
 /// The workspace root (xtask lives one level below it).
+///
+/// `cargo run`, which the `cargo xtask` alias is, gives a program its manifest directory at run time too, and
+/// that one wins over the directory compiled in: checkouts that share one target directory (git worktrees do,
+/// to compile the dependencies once) share one `target/debug/xtask` as well, built from whichever checkout
+/// compiled it last, and each must still work on its own files.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+    let at_run_time = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    let manifest_dir = at_run_time
+        .filter(|dir| dir.join("src/main.rs").is_file() && dir.file_name() == Some("xtask".as_ref()))
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().expect("xtask sits in the workspace").to_path_buf()
 }
 
 /// Every lesson, in order.

@@ -155,8 +155,9 @@ pub async fn apply_event(store: &mut AggregateStore, event: &UserEvent) -> anyho
     // processed under `store.processed_key(event)` for `store.processed_ttl()`, and adds the event to the user's hash
     // at `store.aggregates_key(&event.user_id)`: `clicks` or `purchases` + 1, and for a purchase
     // `purchase_total_cents` + its `amount_cents`. A duplicate changes nothing at all. Return which of the two it was.
-    // The tests apply injected duplicates, let processed ids expire while the aggregates stay, and deliver one
-    // purchase eight times at the same moment: exactly one may apply it.
+    // The tests apply injected duplicates, let processed ids expire while the aggregates stay, deliver one purchase
+    // eight times at the same moment (exactly one may apply it), and crash a worker before each of your Redis
+    // commands in turn: the redelivered event must then count exactly once.
     todo!("lesson 07: write `apply_event` (the TODO above says what it must do; `cargo xtask hint 07` helps)")
 }
 // ANCHOR_END: apply_event
@@ -215,8 +216,9 @@ pub async fn consume(
     // until none arrives within `until.idle`. Each record is decoded (`decode`), applied (`apply_event`), counted in
     // the report, and committed only once its effect is in Redis — so a crash before the commit means redelivery,
     // never a lost event. Any error (a bad record, Redis down) ends the loop at once with that error, the record
-    // uncommitted. The tests let a first worker crash before committing, then run your loop in the same group: the
-    // aggregates must be exact and the group's committed offsets must reach the end of every partition.
+    // uncommitted. The tests let a first worker crash before committing, and cut your loop's Redis in the middle of
+    // a run; another worker then runs your loop in the same group: the aggregates must be exact and the group's
+    // committed offsets must reach the end of every partition.
     todo!("lesson 07: write `consume` (the TODO above says what it must do; `cargo xtask hint 07` helps)")
 }
 // ANCHOR_END: consume

@@ -147,8 +147,9 @@ impl AggregateStore {
 // processed under `store.processed_key(event)` for `store.processed_ttl()`, and adds the event to the user's hash
 // at `store.aggregates_key(&event.user_id)`: `clicks` or `purchases` + 1, and for a purchase
 // `purchase_total_cents` + its `amount_cents`. A duplicate changes nothing at all. Return which of the two it was.
-// The tests apply injected duplicates, let processed ids expire while the aggregates stay, and deliver one
-// purchase eight times at the same moment: exactly one may apply it.
+// The tests apply injected duplicates, let processed ids expire while the aggregates stay, deliver one purchase
+// eight times at the same moment (exactly one may apply it), and crash a worker before each of your Redis
+// commands in turn: the redelivered event must then count exactly once.
 // ANCHOR: apply_event
 /// Marks `event` processed and updates its user's aggregates, atomically; a duplicate changes nothing.
 pub async fn apply_event(store: &mut AggregateStore, event: &UserEvent) -> anyhow::Result<Outcome> {
@@ -232,8 +233,9 @@ pub struct ConsumeReport {
 // until none arrives within `until.idle`. Each record is decoded (`decode`), applied (`apply_event`), counted in
 // the report, and committed only once its effect is in Redis — so a crash before the commit means redelivery,
 // never a lost event. Any error (a bad record, Redis down) ends the loop at once with that error, the record
-// uncommitted. The tests let a first worker crash before committing, then run your loop in the same group: the
-// aggregates must be exact and the group's committed offsets must reach the end of every partition.
+// uncommitted. The tests let a first worker crash before committing, and cut your loop's Redis in the middle of
+// a run; another worker then runs your loop in the same group: the aggregates must be exact and the group's
+// committed offsets must reach the end of every partition.
 // ANCHOR: consume
 /// Applies records from `consumer` to `store`, committing each one after its effect.
 pub async fn consume(

@@ -2,7 +2,10 @@
 //! that commits after the effect, so duplicates and a crash before the commit leave the aggregates exact.
 //!
 //! Needs Redis (`REDIS_URL`, default 127.0.0.1:6379). Every test works under a namespace of its own, so the
-//! tests can run in parallel against one Redis.
+//! tests can run in parallel against one Redis, and deletes its keys when it ends, passed or failed.
+//!
+//! Two tests cut the Redis connection on purpose, through a relay (`kit_testing::redis_link`), to stand for a
+//! worker that crashes between two Redis commands or loses Redis in the middle of a run.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -10,6 +13,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use kit::UserEvent;
 use kit::events::sample_events;
+use kit::redis::ClearOnDrop;
+use kit_testing::redis_link::RedisLink;
 use kit_testing::{broker, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use redis::AsyncCommands;
@@ -18,9 +23,25 @@ use solution_07::{
     consumer_config, decode,
 };
 
-/// A store under a fresh namespace of the shared Redis.
-async fn fresh_store(ttl: Duration) -> AggregateStore {
-    AggregateStore::new(kit::redis::test_connection().await, unique("lesson07"), ttl)
+/// A store under a fresh namespace of the shared Redis, and the guard that deletes the namespace's keys when the
+/// test ends (keep it alive until then: `let (mut store, _cleanup) = …`).
+async fn fresh_store(ttl: Duration) -> (AggregateStore, ClearOnDrop) {
+    let namespace = unique("lesson07");
+    let cleanup = ClearOnDrop::new(&namespace).expect("a Redis to clean up");
+    (AggregateStore::new(kit::redis::test_connection().await, namespace, ttl), cleanup)
+}
+
+/// A connection to the test Redis through `link`, which the test can cut.
+async fn connection_through(link: &RedisLink) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(link.url())
+        .expect("the relay's URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection to Redis through the relay")
+}
+
+fn test_redis_url() -> String {
+    kit::redis::Redis::resolve().expect("a Redis for the tests").url().to_string()
 }
 
 /// `events` with some of them repeated, the way redeliveries and producer retries repeat them.
@@ -32,7 +53,7 @@ fn with_duplicates(events: &[UserEvent], repeat: &[usize]) -> Vec<UserEvent> {
 
 #[tokio::test]
 async fn duplicates_are_skipped_without_touching_state() {
-    let mut store = fresh_store(DEFAULT_PROCESSED_TTL).await;
+    let (mut store, _cleanup) = fresh_store(DEFAULT_PROCESSED_TTL).await;
     let events = sample_events(7, 24, 3);
     let deliveries = with_duplicates(&events, &[0, 5, 5, 11, 23]);
 
@@ -53,13 +74,12 @@ async fn duplicates_are_skipped_without_touching_state() {
         assert_eq!(apply_event(&mut store, event).await.unwrap(), Outcome::Duplicate, "{} again", event.event_id);
     }
     assert_eq!(store.all_aggregates().await.unwrap(), stored, "a replay of processed events leaves state as it was");
-    store.clear().await.unwrap();
 }
 
 #[tokio::test]
 async fn processed_ids_expire_but_aggregates_do_not() {
     let ttl = Duration::from_secs(3600);
-    let mut store = fresh_store(ttl).await;
+    let (mut store, _cleanup) = fresh_store(ttl).await;
     let purchase = UserEvent::purchase("user-1", 1_999);
     assert_eq!(apply_event(&mut store, &purchase).await.unwrap(), Outcome::Applied);
 
@@ -79,7 +99,6 @@ async fn processed_ids_expire_but_aggregates_do_not() {
         Aggregates { clicks: 0, purchases: 1, purchase_total_cents: 1_999 },
         "a purchase counts once and adds its amount in cents"
     );
-    store.clear().await.unwrap();
 }
 
 #[tokio::test]
@@ -87,6 +106,7 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
     // Eight workers receive the same purchase at the same moment (a rebalance can do that). Only an atomic
     // check-and-update lets exactly one of them apply it.
     let namespace = unique("lesson07");
+    let _cleanup = ClearOnDrop::new(&namespace).expect("a Redis to clean up");
     let purchase = UserEvent::purchase("user-2", 4_250);
     let mut connections = Vec::new();
     for _ in 0..8 {
@@ -115,7 +135,6 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
         store.aggregates("user-2").await.unwrap(),
         Aggregates { clicks: 0, purchases: 1, purchase_total_cents: 4_250 }
     );
-    store.clear().await.unwrap();
 }
 
 #[tokio::test]
@@ -124,7 +143,7 @@ async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
     let topic = unique("lesson07-user-events");
     let group = unique("lesson07-aggregator");
     broker.create_topic(&topic, 3).await.unwrap();
-    let mut store = fresh_store(DEFAULT_PROCESSED_TTL).await;
+    let (mut store, _cleanup) = fresh_store(DEFAULT_PROCESSED_TTL).await;
 
     // The producer writes 30 distinct events and 5 copies (a retried batch, a replayed source).
     let events = sample_events(70, 30, 4);
@@ -196,5 +215,106 @@ async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
     });
     kit_testing::redact::settings()
         .bind(|| insta::assert_json_snapshot!("aggregates_after_duplicates_and_crash", summary));
-    store.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crash_between_any_two_redis_commands_still_counts_the_event_once() {
+    // A worker applies a purchase and crashes before Redis command 1, 2, 3, … of `apply_event`; another worker
+    // is then delivered the same purchase (the first never committed it). Whichever command the crash fell
+    // before, the purchase must count exactly once: marked-but-not-counted, or counted-but-not-marked, is wrong.
+    let namespace = unique("lesson07");
+    let _cleanup = ClearOnDrop::new(&namespace).expect("a Redis to clean up");
+    let redis_url = test_redis_url();
+    let mut completed = false;
+    for commands_before_crash in 0..20u64 {
+        let link = RedisLink::start(&redis_url).await;
+        let mut crashing = AggregateStore::new(connection_through(&link).await, &namespace, DEFAULT_PROCESSED_TTL);
+        let user = format!("user-crash-{commands_before_crash}");
+        let purchase = UserEvent::purchase(&user, 1_000 + commands_before_crash);
+        link.sever_after(commands_before_crash as usize);
+        let first = tokio::time::timeout(Duration::from_secs(10), apply_event(&mut crashing, &purchase))
+            .await
+            .expect("apply_event did not return within 10 s of losing its connection");
+
+        let mut redelivered =
+            AggregateStore::new(kit::redis::test_connection().await, &namespace, DEFAULT_PROCESSED_TTL);
+        let second = apply_event(&mut redelivered, &purchase).await.expect("apply_event on a healthy connection");
+        assert_eq!(
+            redelivered.aggregates(&user).await.unwrap(),
+            Aggregates { clicks: 0, purchases: 1, purchase_total_cents: 1_000 + commands_before_crash },
+            "a worker crashed after {commands_before_crash} Redis command(s) of apply_event (it returned {first:?}), \
+             then the purchase was delivered again ({second:?}): it must count exactly once"
+        );
+        if first.is_ok() {
+            completed = true; // apply_event needed no more commands than this: every crash point was tried
+            break;
+        }
+    }
+    assert!(completed, "apply_event never completed within 20 Redis commands");
+}
+
+#[tokio::test]
+async fn losing_redis_mid_run_stops_the_loop_and_the_next_worker_loses_nothing() {
+    let broker = broker();
+    let topic = unique("lesson07-user-events");
+    let group = unique("lesson07-aggregator");
+    broker.create_topic(&topic, 3).await.unwrap();
+    let (mut healthy, _cleanup) = fresh_store(DEFAULT_PROCESSED_TTL).await;
+    let events = sample_events(71, 24, 4);
+    kit::publish::publish_events(broker, &topic, &events).await.unwrap();
+
+    // The first worker's Redis goes away after a few commands: some events are applied and committed, then a
+    // command fails.
+    let link = RedisLink::start(&test_redis_url()).await;
+    let mut failing = AggregateStore::new(connection_through(&link).await, healthy.namespace(), DEFAULT_PROCESSED_TTL);
+    link.sever_after(6);
+    let first: StreamConsumer = consumer_config(broker, &group).create().unwrap();
+    first.subscribe(&[&topic]).unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        consume(&first, &mut failing, Until { records: events.len(), idle: Duration::from_secs(20) }),
+    )
+    .await
+    .expect("consume did not return within 60 s");
+    assert!(
+        outcome.is_err(),
+        "consume must stop with Redis's error when a command fails, not go on without it; it returned {outcome:?}"
+    );
+    assert!(link.forwarded() > 0, "the first worker never reached Redis");
+    drop(first);
+
+    // The next worker resumes from what the group committed. Every record committed had its effect, so the
+    // records left are exactly the events not yet counted.
+    let next: StreamConsumer = consumer_config(broker, &group).create().unwrap();
+    next.subscribe(&[&topic]).unwrap();
+    let committed: i64 = committed_offsets(&next, &topic).values().sum();
+    let left = events.len() - usize::try_from(committed).unwrap();
+    assert!(left > 0, "the first worker committed every record although Redis failed under it");
+    let report = tokio::time::timeout(
+        Duration::from_secs(60),
+        consume(&next, &mut healthy, Until { records: left, idle: Duration::from_secs(20) }),
+    )
+    .await
+    .expect("consume did not return within 60 s")
+    .expect("consume failed with a healthy Redis");
+    assert_eq!(report.records, left, "the next worker reads every record the first one did not commit");
+    drop(next);
+    assert_eq!(
+        healthy.all_aggregates().await.unwrap(),
+        Aggregates::expected(&events),
+        "an event whose record was committed before its effect reached Redis is lost for good"
+    );
+}
+
+/// The group's committed offset of each partition of `topic` (0 where it committed nothing).
+fn committed_offsets(consumer: &StreamConsumer, topic: &str) -> BTreeMap<i32, i64> {
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    for partition in 0..3 {
+        wanted.add_partition(topic, partition);
+    }
+    let committed = consumer.committed_offsets(wanted, Duration::from_secs(10)).expect("committed offsets");
+    let offsets =
+        committed.elements().iter().map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1).max(0))).collect();
+    drop(committed);
+    offsets
 }
