@@ -1,6 +1,6 @@
-//! Grades lesson 08: invalid events go straight to the DLQ with the right headers, transient failures are
-//! retried (and dead-lettered only when they never pass), every record is accounted for, and a replay moves
-//! dead letters back.
+//! Grades lesson 08: validation refuses each kind of invalid event, invalid events go straight to the DLQ with
+//! the right headers, transient failures are retried with the policy's waits between attempts (and
+//! dead-lettered only when they never pass), every record is accounted for, and a replay moves dead letters back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
