@@ -36,8 +36,9 @@ pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
     // TODO(lesson 01): The configuration of this lesson's producer. It must find the cluster through exactly the brokers in
     // `bootstrap_servers`, count a send as done only once every in-sync replica of the partition has the record (the
     // strongest acknowledgement Kafka gives), and give up on a send after 30 s instead of librdkafka's five minutes,
-    // so a missing broker turns into an error you can read. The settings go by librdkafka's names; the tests read the
-    // broker list and the acknowledgement level back from what you return.
+    // so a missing broker turns into an error you can read. The settings go by librdkafka's names (an alias librdkafka
+    // accepts is fine); the tests ask librdkafka to read the broker list, the acknowledgement level and the timeout
+    // back from what you return, and count a setting left to librdkafka's default as missing.
     todo!("lesson 01: write `producer_config` (the TODO above says what it must do; `cargo xtask hint 01` helps)")
 }
 // ANCHOR_END: producer_config

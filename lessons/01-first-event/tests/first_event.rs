@@ -5,22 +5,50 @@ use std::time::Duration;
 
 use kit::events::sample_events;
 use kit_testing::{broker, read_topic, unique};
+use rdkafka::ClientConfig;
 use rdkafka::producer::FutureProducer;
 use serde_json::Value;
 use lesson_01::{Delivery, encode, producer_config, send_event};
+
+/// librdkafka's reading of a setting that `config` sets explicitly under one of its `names`, or `None` when it
+/// sets none of them. librdkafka takes a setting under its own name or an alias (`acks` for
+/// `request.required.acks`, `bootstrap.servers` for `metadata.broker.list`, `delivery.timeout.ms` for
+/// `message.timeout.ms`), and writes a value its own way (`acks=all` reads back as `-1`): asking librdkafka rather
+/// than the map accepts every way of saying the same thing. A setting left to librdkafka's default counts as unset,
+/// so the answer says what it asks for instead of relying on one client's default.
+fn setting(config: &ClientConfig, names: &[&str]) -> Option<String> {
+    names.iter().any(|name| config.get(name).is_some()).then(|| {
+        let native = config.create_native_config().unwrap_or_else(|e| panic!("librdkafka refuses the config: {e}"));
+        native.get(names[0]).unwrap_or_else(|e| panic!("librdkafka cannot read {} back: {e}", names[0]))
+    })
+}
 
 #[test]
 fn the_config_names_the_brokers_and_waits_for_all_replicas() {
     let config = producer_config("broker-a:9092,broker-b:9092");
     assert_eq!(
-        config.get("bootstrap.servers"),
+        setting(&config, &["bootstrap.servers", "metadata.broker.list"]).as_deref(),
         Some("broker-a:9092,broker-b:9092"),
         "bootstrap.servers must be the address passed in"
     );
-    assert!(
-        matches!(config.get("acks"), Some("all") | Some("-1")),
-        "acks must be `all`: a send counts only when every in-sync replica has it (got {:?})",
-        config.get("acks")
+    let acks = setting(&config, &["acks", "request.required.acks"]);
+    assert_eq!(
+        acks.as_deref(),
+        Some("-1"),
+        "acks must be `all` (librdkafka reads it back as -1): a send counts only when every in-sync replica has it \
+         (got {acks:?})"
+    );
+}
+
+#[test]
+fn a_send_gives_up_after_30_seconds() {
+    let config = producer_config("broker-a:9092");
+    let timeout = setting(&config, &["message.timeout.ms", "delivery.timeout.ms"]);
+    assert_eq!(
+        timeout.as_deref(),
+        Some("30000"),
+        "message.timeout.ms (or its alias delivery.timeout.ms) must be 30 s, in milliseconds, instead of librdkafka's \
+         five minutes (got {timeout:?}; None means left to the default)"
     );
 }
 

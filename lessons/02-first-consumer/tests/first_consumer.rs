@@ -85,24 +85,38 @@ async fn a_new_group_reads_everything_in_order_and_reports_the_broken_record() {
 }
 
 #[tokio::test]
-async fn shutdown_stops_the_loop_even_when_nothing_arrives() {
+async fn shutdown_stops_a_loop_already_waiting_for_a_record() {
     let broker = broker();
     let topic = unique("lesson02-quiet");
     broker.create_topic(&topic, 1).await.unwrap();
     let consumer: StreamConsumer = consumer_config(broker, &unique("lesson02-quiet")).create().unwrap();
     consumer.subscribe(&[&topic]).unwrap();
+
+    // The signal fires only once the loop is under way: the shutdown future says when `consume` first polls it,
+    // and only then does `fire` complete it. Both run in this one task on the test's only thread, so by the time
+    // `fire` runs, `consume` has gone back to waiting for a record (nothing ever arrives on this topic). A loop that
+    // looks at `shutdown` only between records is stuck in that wait for good; no sleep, no race.
+    let (polled, first_poll) = tokio::sync::oneshot::channel::<()>();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let session = tokio::spawn(async move {
-        consume(&consumer, 10, async {
-            let _ = stopped.await;
-        })
-        .await
-    });
-    stop.send(()).unwrap();
-    let consumed = tokio::time::timeout(Duration::from_secs(20), session)
-        .await
-        .expect("consume did not return within 20 s of the shutdown signal")
-        .unwrap();
+    let shutdown = async move {
+        let _ = polled.send(());
+        let _ = stopped.await;
+    };
+    let fire = async move {
+        tokio::time::timeout(Duration::from_secs(5), first_poll)
+            .await
+            .expect("consume did not look at `shutdown` within 5 s of starting")
+            .unwrap();
+        stop.send(()).unwrap();
+    };
+    let (consumed, ()) = tokio::time::timeout(Duration::from_secs(10), async {
+        tokio::join!(consume(&consumer, 10, shutdown), fire)
+    })
+    .await
+    .expect(
+        "consume did not return within 10 s of a shutdown that fired while it waited for a record: it must watch \
+         `shutdown` while it waits, not only between records",
+    );
     assert_eq!(consumed.stopped_by, StopReason::Shutdown);
     assert!(consumed.events.is_empty() && consumed.skipped.is_empty());
 }

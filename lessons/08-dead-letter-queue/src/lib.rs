@@ -44,25 +44,41 @@ pub trait Processor {
     fn process(&mut self, event: &UserEvent) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
-/// Exponential backoff with full jitter: before attempt `n + 1`, wait a random time in
-/// `[0, min(max_delay, base_delay · 2^(n-1))]`. The exponent backs off from a struggling dependency; the jitter
-/// keeps many consumers that failed together from retrying together.
+/// Exponential backoff, with full jitter unless it is turned off: the backoff after failed attempt `n` is
+/// `min(max_delay, base_delay · 2^(n-1))`, and with [`Jitter::Full`] the wait is a random time in `[0, backoff]`.
+/// The exponent backs off from a struggling dependency; the jitter keeps many consumers that failed together from
+/// retrying together.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
     /// Attempts in all, the first one included.
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
+    pub jitter: Jitter,
+}
+
+/// How much of the wait is left to chance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Jitter {
+    /// A random time between nothing and the backoff ("full jitter"): what production wants.
+    Full,
+    /// Exactly the backoff: the same waits on every run, for demonstrations and for tests that check them.
+    None,
 }
 
 impl RetryPolicy {
     /// The wait after failed attempt `attempt` (1-based).
     pub fn delay(&self, attempt: u32) -> Duration {
         let exponential = self.base_delay.saturating_mul(1 << attempt.saturating_sub(1).min(20));
-        let cap = exponential.min(self.max_delay);
-        // A random fraction from a v4 uuid's random bits: enough for jitter, no extra dependency.
-        let fraction = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
-        cap.mul_f64(fraction)
+        let backoff = exponential.min(self.max_delay);
+        match self.jitter {
+            Jitter::None => backoff,
+            Jitter::Full => {
+                // A random fraction from a v4 uuid's random bits: enough for jitter, no extra dependency.
+                let fraction = (uuid::Uuid::new_v4().as_u128() % 1_000_000) as f64 / 1_000_000.0;
+                backoff.mul_f64(fraction)
+            }
+        }
     }
 }
 
@@ -106,10 +122,11 @@ pub fn validate(payload: Option<&[u8]>) -> Result<UserEvent, String> {
 pub async fn handle<P: Processor>(payload: Option<&[u8]>, processor: &mut P, policy: &RetryPolicy) -> Disposition {
     // TODO(lesson 08): Decide what becomes of one record. An invalid event (see `validate`) is dead-lettered at once: kind
     // `Invalid`, 0 attempts, never retried. A valid one goes to `processor`, `policy.max_attempts` times at most in
-    // all: a success is `Processed` with the attempts it took; between two attempts, wait as `policy` says for the
-    // attempt that failed; when the last attempt fails, a `DeadLetter` of kind `Processing` whose reason names the
-    // attempts and the last error. The tests use a processor that fails twice and then recovers (processed on attempt
-    // 3) and one that never recovers (dead-lettered after exactly `max_attempts`).
+    // all: a success is `Processed` with the attempts it took; between two attempts (and only then) wait as `policy`
+    // says for the attempt that failed; when the last attempt fails, a `DeadLetter` of kind `Processing` whose reason
+    // names the attempts and the last error. The tests use a processor that fails twice and then recovers (processed
+    // on attempt 3) and one that never recovers (dead-lettered after exactly `max_attempts`), and on a paused clock
+    // they measure each wait against a policy without jitter.
     todo!("lesson 08: write `handle` (the TODO above says what it must do; `cargo xtask hint 08` helps)")
 }
 // ANCHOR_END: handle

@@ -12,7 +12,7 @@ use kit::UserEvent;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use lesson_08::{Processor, RetryPolicy, Until, consumer_config, run};
+use lesson_08::{Jitter, Processor, RetryPolicy, Until, consumer_config, run};
 
 /// Consume user events with retries and a dead-letter queue.
 #[derive(Parser)]
@@ -80,6 +80,7 @@ async fn main() -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         base_delay: Duration::from_millis(50),
         max_delay: Duration::from_millis(400),
+        jitter: Jitter::Full,
     };
     let until = Until { records: records.len(), idle: Duration::from_secs(5) };
     let report = run(&consumer, &producer, dlq.name, &mut FlakyStore { calls: 0 }, &policy, until).await?;

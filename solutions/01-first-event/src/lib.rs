@@ -27,8 +27,9 @@ pub struct EncodedEvent {
 // EXERCISE: The configuration of this lesson's producer. It must find the cluster through exactly the brokers in
 // `bootstrap_servers`, count a send as done only once every in-sync replica of the partition has the record (the
 // strongest acknowledgement Kafka gives), and give up on a send after 30 s instead of librdkafka's five minutes,
-// so a missing broker turns into an error you can read. The settings go by librdkafka's names; the tests read the
-// broker list and the acknowledgement level back from what you return.
+// so a missing broker turns into an error you can read. The settings go by librdkafka's names (an alias librdkafka
+// accepts is fine); the tests ask librdkafka to read the broker list, the acknowledgement level and the timeout
+// back from what you return, and count a setting left to librdkafka's default as missing.
 // ANCHOR: producer_config
 /// The configuration of a producer that talks to the brokers at `bootstrap_servers` and waits for every
 /// in-sync replica to acknowledge each record.

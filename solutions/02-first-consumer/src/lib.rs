@@ -83,7 +83,8 @@ pub fn parse_event(payload: Option<&[u8]>) -> Result<UserEvent, MalformedEvent> 
 // completes, whichever comes first, and say which it was. A record `parse_event` refuses becomes a `SkippedRecord`
 // (and a warning in the log) and the loop goes on; so does a receive error (the client retries by itself). The
 // tests expect each event with its partition and offset, in order within each partition, the broken record among
-// the skipped ones, and a loop that stops promptly when `shutdown` fires on a topic where nothing ever arrives.
+// the skipped ones, and a loop that stops promptly when `shutdown` fires while it is waiting for a record on a
+// topic where nothing ever arrives.
 // ANCHOR: consume
 /// Consumes events until `max_events` are read or `shutdown` fires, skipping (and reporting) malformed records.
 pub async fn consume(consumer: &StreamConsumer, max_events: usize, shutdown: impl Future<Output = ()>) -> Consumed {

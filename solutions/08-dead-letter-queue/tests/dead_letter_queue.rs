@@ -1,16 +1,19 @@
-//! Grades lesson 08: invalid events go straight to the DLQ with the right headers, transient failures are
-//! retried (and dead-lettered only when they never pass), every record is accounted for, and a replay moves
-//! dead letters back.
+//! Grades lesson 08: validation refuses each kind of invalid event, invalid events go straight to the DLQ with
+//! the right headers, transient failures are retried with the policy's waits between attempts (and
+//! dead-lettered only when they never pass), every record is accounted for, and a replay moves dead letters back.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use kit::UserEvent;
 use kit::events::sample_events;
+use kit::{EventType, UserEvent};
 use kit_testing::{ReadRecord, broker, read_topic, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use solution_08::{Processor, RetryPolicy, RunReport, Until, consumer_config, header, replay, run};
+use solution_08::{
+    Disposition, FailureKind, Jitter, Processor, RetryPolicy, RunReport, Until, consumer_config, handle, header,
+    replay, run, validate,
+};
 use uuid::Uuid;
 
 /// A processor that fails the first `failures[id]` attempts of chosen events, and remembers what it processed.
@@ -34,8 +37,12 @@ impl Processor for Flaky {
 }
 
 /// Short waits: the backoff is real but bounded to a few milliseconds.
-const QUICK: RetryPolicy =
-    RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(2), max_delay: Duration::from_millis(10) };
+const QUICK: RetryPolicy = RetryPolicy {
+    max_attempts: 3,
+    base_delay: Duration::from_millis(2),
+    max_delay: Duration::from_millis(10),
+    jitter: Jitter::Full,
+};
 
 /// Valid events and raw poison payloads, keyed, written to `topic`.
 async fn produce(topic: &str, records: &[(String, String)]) {
@@ -80,6 +87,90 @@ async fn run_consumer(topic: &str, dlq: &str, group: &str, processor: &mut Flaky
         .await
         .expect("run did not return within 60 s")
         .expect("run failed")
+}
+
+/// A processor that fails every attempt, and notes the (virtual) instant of each.
+#[derive(Default)]
+struct AlwaysFails {
+    attempts: Vec<tokio::time::Instant>,
+}
+
+impl Processor for AlwaysFails {
+    async fn process(&mut self, _event: &UserEvent) -> anyhow::Result<()> {
+        self.attempts.push(tokio::time::Instant::now());
+        anyhow::bail!("store unavailable (attempt {})", self.attempts.len())
+    }
+}
+
+/// The clock is paused (`start_paused`): tokio jumps it to the next timer whenever the test has nothing else to do,
+/// so each `sleep` of `handle` lasts exactly what it asks for, in no real time, and the gaps between the instants
+/// of the attempts are the waits, measured exactly. Without jitter the policy's waits are known in advance.
+#[tokio::test(start_paused = true)]
+async fn between_two_attempts_handle_waits_what_the_policy_says_for_the_failed_one() {
+    let policy = RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(100),
+        max_delay: Duration::from_millis(500),
+        jitter: Jitter::None,
+    };
+    let expected: Vec<Duration> = (1..policy.max_attempts).map(|attempt| policy.delay(attempt)).collect();
+    let ms = Duration::from_millis;
+    assert_eq!(expected, [ms(100), ms(200), ms(400), ms(500)], "the test's policy: exponential, then capped");
+
+    let event = UserEvent::purchase("user-1", 1_250);
+    let mut processor = AlwaysFails::default();
+    let disposition = handle(Some(event.to_json().as_bytes()), &mut processor, &policy).await;
+    let returned = tokio::time::Instant::now();
+
+    assert!(
+        matches!(disposition, Disposition::DeadLetter { kind: FailureKind::Processing, attempts: 5, .. }),
+        "a failure that never passes is dead-lettered after max_attempts: {disposition:?}"
+    );
+    assert_eq!(processor.attempts.len(), 5, "exactly max_attempts attempts");
+    let waits: Vec<Duration> = processor.attempts.windows(2).map(|pair| pair[1] - pair[0]).collect();
+    assert_eq!(
+        waits, expected,
+        "the wait before attempt n + 1 is policy.delay(n): longer after each failure, up to max_delay"
+    );
+    assert_eq!(
+        returned - *processor.attempts.last().unwrap(),
+        Duration::ZERO,
+        "no wait after the last attempt: the record is dead-lettered at once"
+    );
+}
+
+#[test]
+fn validate_refuses_every_kind_of_invalid_event_and_accepts_valid_ones() {
+    for event in sample_events(38, 40, 4) {
+        assert_eq!(validate(Some(event.to_json().as_bytes())), Ok(event), "a valid event passes as it is");
+    }
+
+    let with = |change: &dyn Fn(&mut serde_json::Value)| {
+        let mut json = serde_json::to_value(UserEvent::purchase("user-9", 500)).unwrap();
+        change(&mut json);
+        json.to_string().into_bytes()
+    };
+    let invalid: Vec<(&str, Option<Vec<u8>>)> = vec![
+        ("a missing payload", None),
+        ("not JSON", Some(b"{not json".to_vec())),
+        ("a wrong type", Some(with(&|json| json["amount_cents"] = serde_json::json!("five euros")))),
+        ("missing fields", Some(serde_json::json!({"event_type": "click"}).to_string().into_bytes())),
+        ("an empty user_id", Some(with(&|json| json["user_id"] = serde_json::json!("")))),
+        (
+            "a purchase without amount_cents",
+            Some(with(&|json| {
+                json.as_object_mut().unwrap().remove("amount_cents");
+            })),
+        ),
+        ("a purchase of 0 cents", Some(with(&|json| json["amount_cents"] = serde_json::json!(0)))),
+        ("a click with an amount", Some(with(&|json| json["event_type"] = serde_json::json!(EventType::Click)))),
+    ];
+    for (case, payload) in invalid {
+        match validate(payload.as_deref()) {
+            Ok(event) => panic!("{case} must be refused, but validate accepted {event:?}"),
+            Err(reason) => assert!(!reason.trim().is_empty(), "{case}: the reason goes into a header: say why"),
+        }
+    }
 }
 
 fn header_of<'a>(record: &'a ReadRecord, name: &str) -> &'a str {
