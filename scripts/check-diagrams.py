@@ -2,7 +2,7 @@
 """Checks that every diagram of the book is legible at the book's default width, as a reader's browser draws it.
 
 Builds the book (`cargo xtask book`), serves it on a local port, opens each page that has a ```` ```mermaid ````
-block in headless Chromium at 1280x800 (the book's default column), waits for mermaid.js to draw, and prints one
+block in headless Chromium at 1280x800 (where the book's column is 750 px wide), waits for mermaid.js to draw, and prints one
 line per diagram: the page, its index on the page, its rendered width against the column's, and its smallest text
 in screen pixels once the SVG is scaled to fit. It fails when a diagram's smallest text is under --min-font px
 (11 by default), when mermaid could not draw a diagram, or when a character has no glyph in any font the browser
@@ -21,6 +21,7 @@ import functools
 import http.server
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
@@ -90,7 +91,8 @@ async (deadlineMs) => {
     }
     const tofu = [...chars].filter(([ch, family]) => missing(ch, family))
       .map(([ch]) => 'U+' + ch.codePointAt(0).toString(16).toUpperCase().padStart(4, '0') + ' ' + ch);
-    return { index, width: rect.width, height: rect.height, column, minFont, minText, tofu,
+    return { index, width: rect.width, height: rect.height, column, minFont: isFinite(minFont) ? minFont : null,
+             minText, tofu,
              box: { x: rect.x + scrollX, y: rect.y + scrollY, width: rect.width, height: rect.height } };
   });
 }
@@ -123,7 +125,7 @@ class Browser:
 
     def _read_message(self, deadline):
         while b"\0" not in self._buffer:
-            if time.monotonic() > deadline:
+            if not select.select([self._in], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 raise TimeoutError("Chromium did not answer in time")
             chunk = os.read(self._in, 1 << 16)
             if not chunk:
@@ -207,12 +209,13 @@ def main():
         args.screenshots.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
-    server = serve(BOOK)
     profile = tempfile.mkdtemp(prefix="check-diagrams-")
-    browser = Browser(browser_path, profile)
+    browser = server = None
     failures = 0
     count = 0
     try:
+        browser = Browser(browser_path, profile)  # before the server's thread: preexec_fn and threads do not mix
+        server = serve(BOOK)
         for page in pages:
             target = browser.send("Target.createTarget", url="about:blank")["targetId"]
             session = browser.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
@@ -225,7 +228,11 @@ def main():
                                   awaitPromise=True, returnByValue=True)
             if "exceptionDetails" in result:
                 raise RuntimeError(f"{page}: {result['exceptionDetails']}")
-            for d in result["result"]["value"]:
+            diagrams = result["result"]["value"]
+            if not diagrams:
+                failures += 1
+                print(f"FAIL {page}: the page has a mermaid block but no diagram was found")
+            for d in diagrams:
                 count += 1
                 where = f"{page} #{d['index'] + 1}"
                 if "error" in d:
@@ -233,7 +240,9 @@ def main():
                     print(f"FAIL {where}: {d['error']}")
                     continue
                 problems = []
-                if d["minFont"] < args.min_font:
+                if d["minFont"] is None:
+                    d["minFont"] = float("nan")  # no text at all: nothing to read, nothing to fail
+                elif d["minFont"] < args.min_font:
                     problems.append(f"text under {args.min_font:g} px")
                 if d["tofu"]:
                     problems.append("no glyph for " + ", ".join(d["tofu"]))
@@ -250,8 +259,10 @@ def main():
                     (args.screenshots / name).write_bytes(base64.b64decode(shot["data"]))
             browser.send("Target.closeTarget", targetId=target)
     finally:
-        browser.close()
-        server.shutdown()
+        if browser:
+            browser.close()
+        if server:
+            server.shutdown()
         shutil.rmtree(profile, ignore_errors=True)
     print(f"{count} diagrams on {len(pages)} pages, {failures} illegible, in {time.monotonic() - started:.0f} s")
     sys.exit(1 if failures else 0)
