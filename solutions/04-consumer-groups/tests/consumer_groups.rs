@@ -11,7 +11,7 @@ use kit::events::sample_events;
 use kit::publish::publish_events;
 use kit_testing::{broker, unique, wait_until};
 use serde::Serialize;
-use solution_04::{AssignmentChange, Member, Received};
+use solution_04::{AssignmentChange, AssignmentLog, Member, RebalanceStage, Received, on_rebalance};
 use uuid::Uuid;
 
 const ALL_PARTITIONS: [i32; 3] = [0, 1, 2];
@@ -138,4 +138,69 @@ async fn every_group_receives_every_event() {
         per_group.insert(name, received.len());
     }
     kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("events_per_group", per_group));
+}
+
+/// What `during` logs, as plain text lines (any level).
+fn logged_during(during: impl FnOnce()) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, during);
+    let bytes = captured.0.lock().unwrap().clone();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[test]
+fn each_callback_records_at_its_stage_and_only_then() {
+    // librdkafka's two calls per change, made by hand: the revocation counts before it is applied, the
+    // assignment after; the other call of each pair, an empty list and an error change nothing.
+    let mut list = rdkafka::TopicPartitionList::new();
+    list.add_partition("orders", 2);
+    list.add_partition("orders", 0);
+    let empty = rdkafka::TopicPartitionList::new();
+    let error = rdkafka::consumer::Rebalance::Error(rdkafka::error::KafkaError::Rebalance(
+        rdkafka::types::RDKafkaErrorCode::Fail,
+    ));
+    let log = AssignmentLog::default();
+    let logged = logged_during(|| {
+        use rdkafka::consumer::Rebalance::{Assign, Revoke};
+        on_rebalance("member-a", &log, RebalanceStage::Before, &Assign(&list));
+        on_rebalance("member-a", &log, RebalanceStage::After, &Assign(&list));
+        on_rebalance("member-a", &log, RebalanceStage::After, &Assign(&empty));
+        on_rebalance("member-a", &log, RebalanceStage::Before, &Revoke(&empty));
+        on_rebalance("member-a", &log, RebalanceStage::Before, &error);
+        on_rebalance("member-a", &log, RebalanceStage::After, &error);
+        on_rebalance("member-a", &log, RebalanceStage::Before, &Revoke(&list));
+        on_rebalance("member-a", &log, RebalanceStage::After, &Revoke(&list));
+    });
+    assert_eq!(
+        log.changes(),
+        vec![AssignmentChange::Assigned(vec![0, 2]), AssignmentChange::Revoked(vec![0, 2])],
+        "one assignment (after it is applied) and one revocation (before), partitions in order; nothing for the \
+         other stage, an empty list or an error"
+    );
+    assert!(log.owned().is_empty(), "after the revocation the member owns nothing");
+    drop(list);
+    drop(empty);
+    let error_lines: Vec<&str> = logged.lines().filter(|line| line.to_lowercase().contains("fail")).collect();
+    assert!(
+        error_lines.iter().any(|line| line.contains("member-a")),
+        "a rebalance error is logged, naming the member; the log was:\n{logged}"
+    );
 }
