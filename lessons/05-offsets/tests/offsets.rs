@@ -14,8 +14,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use lesson_05::{
-    Commits, Crash, Handled, StartFrom, consumer_config, crash, lag, process_then_commit, publish_until_received,
-    receive, replay_from, resume,
+    AUTO_COMMIT_INTERVAL_MS, Commits, Crash, Handled, StartFrom, consumer_config, crash, lag, process_then_commit,
+    publish_until_received, receive, replay_from, resume,
 };
 use uuid::Uuid;
 
@@ -240,4 +240,26 @@ async fn lag_is_the_high_watermark_minus_the_committed_offset() {
     assert_eq!((lags[&1].committed, lags[&1].lag), (None, count(1)), "partition 1: nothing committed, all is lag");
     assert_eq!((lags[&2].committed, lags[&2].lag), (Some(count(2)), 0), "partition 2: caught up");
     kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("lag_per_partition", lags));
+}
+
+#[test]
+fn auto_commit_runs_every_auto_commit_interval_and_only_when_asked() {
+    // How often the background commit runs is a setting, read back here through librdkafka (so its aliases
+    // count): every AUTO_COMMIT_INTERVAL_MS with `Commits::Auto`, never with `Commits::AfterProcessing`.
+    let read_back = |commits: Commits, name: &str| {
+        let config = consumer_config(broker(), "lesson05-settings", StartFrom::Earliest, commits);
+        let native = config.create_native_config().unwrap_or_else(|e| panic!("librdkafka refuses the config: {e}"));
+        native.get(name).unwrap_or_else(|e| panic!("librdkafka cannot read {name} back: {e}"))
+    };
+    assert_eq!(read_back(Commits::Auto, "enable.auto.commit"), "true", "Commits::Auto commits in the background");
+    assert_eq!(
+        read_back(Commits::Auto, "auto.commit.interval.ms"),
+        AUTO_COMMIT_INTERVAL_MS,
+        "Commits::Auto commits every AUTO_COMMIT_INTERVAL_MS, not at librdkafka's default of 5 s"
+    );
+    assert_eq!(
+        read_back(Commits::AfterProcessing, "enable.auto.commit"),
+        "false",
+        "Commits::AfterProcessing never commits on its own"
+    );
 }
