@@ -28,6 +28,19 @@ pub struct LessonMeta {
     pub hints: Vec<Hint>,
     #[serde(default)]
     pub lazy: Vec<LazyAnswer>,
+    /// Mutants of the exercise functions that no test can catch because they change no behaviour
+    /// (`cargo xtask mutants` reports them apart from the missed ones).
+    #[serde(default)]
+    pub equivalent: Vec<EquivalentMutant>,
+}
+
+/// A cargo-mutants mutant that changes no behaviour (`[[equivalent]]` in lesson.toml).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EquivalentMutant {
+    /// cargo-mutants' description without its `file:line:col:` prefix, e.g. `replace < with <= in check`.
+    pub mutant: String,
+    pub why: String,
 }
 
 /// One level of a lesson's hint (`[[hint]]` in lesson.toml). `cargo xtask hint NN` shows the first;

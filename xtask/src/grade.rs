@@ -445,7 +445,13 @@ mod tests {
         Lesson {
             number: "01".into(),
             dir_name: "01-first-event".into(),
-            meta: LessonMeta { title: "The first event".into(), summary: String::new(), hints: vec![], lazy: vec![] },
+            meta: LessonMeta {
+                title: "The first event".into(),
+                summary: String::new(),
+                hints: vec![],
+                lazy: vec![],
+                equivalent: vec![],
+            },
         }
     }
 

@@ -13,6 +13,7 @@ mod grade;
 mod kafka;
 mod learner;
 mod lesson;
+mod mutants;
 mod progress;
 mod proofs;
 mod runner;
@@ -165,6 +166,15 @@ enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
+    /// Maintainers: cargo-mutants over each solution's exercise functions; fails while a mutant passes every
+    /// test and is not listed as `[[equivalent]]` in lesson.toml. Needs `cargo install cargo-mutants`.
+    Mutants {
+        /// Only these lessons (e.g. 07 09); every lesson by default.
+        lessons: Vec<String>,
+        /// Seconds a mutant's tests may run before it counts as caught by a hang.
+        #[arg(long, default_value_t = 240)]
+        timeout: u64,
+    },
 }
 
 /// How tests run (grading and the proofs): see runner.rs.
@@ -229,6 +239,7 @@ fn run(command: Command) -> anyhow::Result<()> {
             let source = if shipped { grade::Source::Shipped } else { grade::Source::Dir(lessons_dir) };
             grade::run(grade::Options { json, junit, source, points_per_lesson: points, expect, run: run.settings() })
         }
+        Command::Mutants { lessons, timeout } => mutants::run(&lessons, timeout),
         Command::Test { lesson, skip_lazy, proofs_only, kafka, run } => {
             test::run(test::Options { lesson, skip_lazy, proofs_only, kafka, run: run.settings() })
         }
