@@ -9,8 +9,13 @@
 //! 2. Writes each lesson's hint levels from its `lesson.toml` to `mdbook/generated/hints/NN-slug.md`, one folded
 //!    block per level, so the chapters include the very text `cargo xtask hint NN --level N` prints (one source,
 //!    two readers).
-//! 3. Has mdbook-mermaid write its JavaScript next to `book.toml` (the files ship inside the tool, matching its
-//!    version, so they are not kept in git).
+//! 3. Checks that mdbook-mermaid's JavaScript next to `book.toml` (`mermaid.min.js`, `mermaid-init.js`) is what
+//!    the pinned mdbook-mermaid ships.
+//!
+//! The files of steps 2 and 3 are committed, so `mdbook build mdbook` and `mdbook serve mdbook` work on a fresh
+//! clone with nothing but the pinned tools: `cargo xtask sync` writes them as it writes `lessons/`, and
+//! `cargo xtask sync --check` fails when they are stale (the mermaid files are compared when the pinned
+//! mdbook-mermaid is installed; `cargo xtask book` always compares them).
 //! 4. Runs `mdbook build` and fails on any warning or error it logs, and on any `{{#include}}` or `{{#…}}`
 //!    directive left in the HTML: a missing file or anchor must break the build, never ship a hole.
 
@@ -174,24 +179,144 @@ fn path_with(bin: &Path) -> std::ffi::OsString {
     std::env::join_paths(paths).expect("PATH entries without separators")
 }
 
-/// Steps 2 and 3 of the module docs: generated includes and mermaid's scripts.
+/// Steps 2 and 3 of the module docs: generated includes written, mermaid's scripts checked.
 fn prepare() -> anyhow::Result<()> {
-    let hints = book_dir().join("generated").join("hints");
-    std::fs::create_dir_all(&hints)?;
-    for lesson in catalog::lessons()? {
-        write_if_changed(&hints.join(format!("{}.md", lesson.dir_name)), &hints_markdown(&lesson.meta))?;
-    }
+    write_hints(&catalog::lessons()?)?;
     let bin = tools_root().join("bin");
-    let output = Command::new(bin.join("mdbook-mermaid"))
+    let stale = stale_mermaid_assets(&bin.join("mdbook-mermaid"))?;
+    if !stale.is_empty() {
+        bail!(
+            "the committed mermaid files are not those of mdbook-mermaid {MDBOOK_MERMAID_VERSION} — run `cargo xtask \
+             sync` and commit them:\n  {}",
+            stale.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// `mdbook/generated/hints/`, the lessons' hint levels as the chapters include them.
+fn hints_dir() -> PathBuf {
+    book_dir().join("generated").join("hints")
+}
+
+/// The hint file of each lesson: path → contents.
+fn hint_files(lessons: &[catalog::Lesson]) -> Vec<(PathBuf, String)> {
+    lessons
+        .iter()
+        .map(|lesson| {
+            (hints_dir().join(format!("{}.md", lesson.dir_name)), format!("{}\n", hints_markdown(&lesson.meta)))
+        })
+        .collect()
+}
+
+/// Writes the hint files of `lessons` (those that changed only).
+pub fn write_hints(lessons: &[catalog::Lesson]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(hints_dir())?;
+    for (path, text) in hint_files(lessons) {
+        write_if_changed(&path, &text)?;
+    }
+    Ok(())
+}
+
+/// What `cargo xtask sync` writes to the book (the hints of `lessons`; the mermaid files when the pinned
+/// mdbook-mermaid is at hand, which it says otherwise).
+pub fn sync(lessons: &[catalog::Lesson]) -> anyhow::Result<()> {
+    write_hints(lessons)?;
+    let Some(tool) = pinned_mermaid() else {
+        println!("{}", mermaid_not_compared());
+        return Ok(());
+    };
+    for (name, bytes) in mermaid_assets(&tool)? {
+        let path = book_dir().join(name);
+        if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
+            std::fs::write(&path, bytes)?;
+            println!("wrote mdbook/{name} (mdbook-mermaid {MDBOOK_MERMAID_VERSION})");
+        }
+    }
+    Ok(())
+}
+
+/// For `cargo xtask sync --check`: one line per generated file of the book that is missing, differs or is left
+/// over (`all`: `lessons` is every lesson, so a hint file of no lesson is one).
+pub fn stale(lessons: &[catalog::Lesson], all: bool) -> anyhow::Result<Vec<String>> {
+    let mut stale = Vec::new();
+    let expected = hint_files(lessons);
+    let root = catalog::root();
+    for (path, text) in &expected {
+        let shown = path.strip_prefix(&root).unwrap_or(path).display();
+        match std::fs::read_to_string(path) {
+            Ok(found) if &found == text => {}
+            Ok(_) => stale.push(format!("differs: {shown} (from its lesson.toml)")),
+            Err(_) => stale.push(format!("missing: {shown}")),
+        }
+    }
+    if all && hints_dir().exists() {
+        for entry in std::fs::read_dir(hints_dir())? {
+            let path = entry?.path();
+            if !expected.iter().any(|(p, _)| *p == path) {
+                stale.push(format!("extra:   {} (no lesson)", path.strip_prefix(&root).unwrap_or(&path).display()));
+            }
+        }
+    }
+    match pinned_mermaid() {
+        Some(tool) => stale.extend(stale_mermaid_assets(&tool)?),
+        None => println!("{}", mermaid_not_compared()),
+    }
+    Ok(stale)
+}
+
+fn mermaid_not_compared() -> String {
+    format!(
+        "mdbook/mermaid*.js not compared: mdbook-mermaid {MDBOOK_MERMAID_VERSION} is not installed (`cargo xtask \
+         book` installs it)"
+    )
+}
+
+/// The pinned mdbook-mermaid, if it is installed (in the tools directory or on PATH).
+fn pinned_mermaid() -> Option<PathBuf> {
+    let ours = tools_root().join("bin").join("mdbook-mermaid");
+    std::iter::once(ours).chain(on_path("mdbook-mermaid")).find(|p| has_version(p, MDBOOK_MERMAID_VERSION))
+}
+
+/// The files `mdbook-mermaid install` writes next to `book.toml`: name → contents, as `tool` ships them. It
+/// never overwrites a file that exists, so it writes them into a scratch copy of the book's directory.
+fn mermaid_assets(tool: &Path) -> anyhow::Result<Vec<(&'static str, Vec<u8>)>> {
+    let scratch = std::env::temp_dir().join(format!("workbook-mermaid-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::create_dir_all(&scratch)?;
+    std::fs::copy(book_dir().join("book.toml"), scratch.join("book.toml"))?;
+    let output = Command::new(tool)
         .arg("install")
-        .arg(book_dir())
+        .arg(&scratch)
         .stdin(Stdio::null())
         .output()
         .context("running mdbook-mermaid install")?;
+    let assets = MERMAID_ASSETS
+        .iter()
+        .map(|name| {
+            Ok((*name, std::fs::read(scratch.join(name)).with_context(|| format!("mdbook-mermaid wrote no {name}"))?))
+        })
+        .collect::<anyhow::Result<Vec<_>>>();
+    let _ = std::fs::remove_dir_all(&scratch);
     if !output.status.success() {
         bail!("mdbook-mermaid install failed: {}", String::from_utf8_lossy(&output.stderr));
     }
-    Ok(())
+    assets
+}
+
+/// The files of mdbook-mermaid the book loads (`additional-js` in book.toml).
+const MERMAID_ASSETS: [&str; 2] = ["mermaid.min.js", "mermaid-init.js"];
+
+/// One line per committed mermaid file that is not what `tool` ships.
+fn stale_mermaid_assets(tool: &Path) -> anyhow::Result<Vec<String>> {
+    Ok(mermaid_assets(tool)?
+        .into_iter()
+        .filter_map(|(name, bytes)| match std::fs::read(book_dir().join(name)) {
+            Ok(found) if found == bytes => None,
+            Ok(_) => Some(format!("differs: mdbook/{name} (from mdbook-mermaid {MDBOOK_MERMAID_VERSION})")),
+            Err(_) => Some(format!("missing: mdbook/{name} (from mdbook-mermaid {MDBOOK_MERMAID_VERSION})")),
+        })
+        .collect())
 }
 
 /// A lesson's hint levels as folded blocks, each opened on its own ("Hint 1 of 3", …). mdBook renders markdown
@@ -210,8 +335,7 @@ fn hints_markdown(meta: &catalog::LessonMeta) -> String {
 
 /// Writing only on change keeps `mdbook serve` from rebuilding in a loop.
 fn write_if_changed(path: &Path, text: &str) -> anyhow::Result<()> {
-    let text = format!("{text}\n");
-    if std::fs::read_to_string(path).ok().as_deref() != Some(text.as_str()) {
+    if std::fs::read_to_string(path).ok().as_deref() != Some(text) {
         std::fs::write(path, text)?;
     }
     Ok(())
@@ -304,6 +428,15 @@ mod tests {
         assert!(solutions_outside_details(chapter, "01-x").is_empty(), "folded, or not an exercise");
         let open = format!("{chapter}{{{{#include ../../solutions/01-x/src/lib.rs:a}}}}\n");
         assert_eq!(solutions_outside_details(&open, "01-x"), ["src/lib.rs:a"]);
+    }
+
+    #[test]
+    fn the_committed_hint_files_are_those_of_each_lesson_toml() {
+        let lessons = catalog::lessons().unwrap();
+        for (path, text) in hint_files(&lessons) {
+            let found = std::fs::read_to_string(&path).unwrap_or_default();
+            assert!(found == text, "{} is stale: run `cargo xtask sync`", path.display());
+        }
     }
 
     #[test]

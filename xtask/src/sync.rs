@@ -8,7 +8,11 @@
 //! - `lesson.toml` stays with the solution (the chores read it there); build output and pending snapshots are
 //!   never copied.
 //!
-//! `--check` writes nothing and fails when any lesson differs from what sync would write.
+//! It also writes the book's generated files (`mdbook/generated/hints/`, mdbook-mermaid's scripts: see `book`),
+//! which are committed so `mdbook build mdbook` works on a fresh clone.
+//!
+//! `--check` writes nothing and fails when any lesson, or any of the book's generated files, differs from what
+//! sync would write.
 //!
 //! Sync never overwrites work: a lesson whose `src/` holds a file that is neither what sync would write now nor
 //! what it (or a passing `--check`) last saw there is a learner's, and is left alone with a message naming the
@@ -24,7 +28,7 @@ use std::time::SystemTime;
 use anyhow::{Context, bail};
 
 use crate::catalog::{self, Lesson};
-use crate::{exercise, scratch};
+use crate::{book, exercise, scratch};
 
 /// Files of a generated lesson: path relative to the lesson dir → contents.
 pub type FileMap = BTreeMap<PathBuf, Vec<u8>>;
@@ -56,6 +60,7 @@ pub fn run(only: Option<String>, force: bool) -> anyhow::Result<()> {
         println!("synced lessons/{} ({} file(s) changed)", lesson.dir_name, differences.len());
     }
     state.save()?;
+    book::sync(&lessons)?;
     if !refused.is_empty() {
         bail!(
             "left alone, because their src/ was changed since it was generated (a learner's work?):\n  {}\n\
@@ -86,11 +91,15 @@ pub fn check(only: Option<String>) -> anyhow::Result<()> {
     if let Some(orphans) = orphan_lessons(&lessons)?.filter(|_| whole_tree) {
         stale.push(orphans);
     }
+    let book = book::stale(&lessons, whole_tree)?;
+    if !book.is_empty() {
+        stale.push(format!("the book (mdbook/):\n  {}", book.join("\n  ")));
+    }
     let _ = state.save();
     if !stale.is_empty() {
-        bail!("generated lessons are out of date — run `cargo xtask sync`:\n{}", stale.join("\n"));
+        bail!("generated files are out of date — run `cargo xtask sync`:\n{}", stale.join("\n"));
     }
-    println!("lessons/ is in sync with solutions/ ({} lessons)", lessons.len());
+    println!("lessons/ and the book's generated files are in sync with solutions/ ({} lessons)", lessons.len());
     Ok(())
 }
 
