@@ -440,6 +440,19 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_and_the_introduction_name_the_pinned_versions() {
+        for file in ["README.md", "docs/introduction.md"] {
+            let text = std::fs::read_to_string(catalog::root().join(file)).unwrap();
+            for (tool, version) in [("mdbook", MDBOOK_VERSION), ("mdbook-mermaid", MDBOOK_MERMAID_VERSION)] {
+                let install = format!("cargo install {tool} --version {version} --locked");
+                assert!(text.contains(&install), "{file} does not say `{install}`");
+            }
+            assert!(text.contains("mdbook serve mdbook"), "{file} does not say `mdbook serve mdbook`");
+            assert!(text.contains("cargo xtask book --serve"), "{file} does not say `cargo xtask book --serve`");
+        }
+    }
+
+    #[test]
     fn hint_levels_render_as_folded_blocks_with_blank_lines_around_the_markdown() {
         let meta: catalog::LessonMeta =
             toml::from_str("title = \"t\"\nsummary = \"s\"\n[[hint]]\ntext = \"- one\"\n[[hint]]\ntext = \"two\"\n")
