@@ -2,8 +2,8 @@
 //! commands are `lesson`, `check`, `list`, `watch`, `hint`, `reset`); it writes nothing to `lessons/` or
 //! `solutions/`, so running it loses no one's work.
 //!
-//! Steps, in order: generated lessons in sync; formatting; a build of everything; clippy with warnings denied;
-//! kit and xtask tests; then for every lesson, from one build of a scratch crate (proofs.rs): the solution
+//! Steps, in order: generated lessons and book files in sync; formatting; a build of everything; clippy with
+//! warnings denied; kit and xtask tests; then for every lesson, from one build of a scratch crate (proofs.rs): the solution
 //! passes all its tests (and on real Kafka with `--kafka`), *every* test fails at the exercise's `todo!()`, and
 //! each lazy answer from `lesson.toml` fails at least one test. Then `grade` on the shipped exercises and on the
 //! solutions, and the book. A table of every step follows, one of the time each lesson costs with a projection
@@ -146,7 +146,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let mut suite = Suite::default();
 
     if !options.proofs_only {
-        suite.step("generated lessons are in sync (sync --check)", || sync::check(None).map(|_| String::new()));
+        suite.step("generated lessons and book files are in sync (sync --check)", || {
+            sync::check(None).map(|_| String::new())
+        });
         // The generated exercises are left out: their formatting follows from their solution's, and renaming the
         // crate (`solution_NN` → `lesson_NN`) can move an import in rustfmt's sort order.
         suite.step("formatting of kit, kit-testing, xtask and solutions (cargo fmt --check)", || {
