@@ -3,11 +3,11 @@
 //! `solutions/`, so running it loses no one's work.
 //!
 //! Steps, in order: generated lessons and book files in sync; formatting; a build of everything; clippy with
-//! warnings denied; kit and xtask tests; then for every lesson, from one build of a scratch crate (proofs.rs): the solution
-//! passes all its tests (and on real Kafka with `--kafka`), *every* test fails at the exercise's `todo!()`, and
-//! each lazy answer from `lesson.toml` fails at least one test. Then `grade` on the shipped exercises and on the
-//! solutions, and the book. A table of every step follows, one of the time each lesson costs with a projection
-//! for 20 lessons, and the closing line `xtask: N passed, N failed` (one per step).
+//! warnings denied; kit and xtask tests; then for every lesson, from one build of a scratch crate (proofs.rs): the
+//! solution passes all its tests (and on real Kafka with `--kafka`), *every* test fails at the exercise's
+//! `todo!()`, and each lazy answer from `lesson.toml` fails at least one test. Then `grade` on the shipped
+//! exercises and on the solutions, and the book. A table of every step follows, one of the time each lesson costs
+//! with a projection for 20 lessons, and the closing line `xtask: N passed, N failed` (one per step).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
