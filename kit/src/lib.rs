@@ -72,7 +72,7 @@ pub use embedded::EmbeddedCluster;
 #[cfg(feature = "clients")]
 pub use events::{EventType, UserEvent};
 #[cfg(feature = "clients")]
-pub use fault_proxy::{FaultProxy, ProxyStats};
+pub use fault_proxy::{FaultProxy, ProxyStats, TxnRequest};
 
 /// The workbook's folder on this machine, outside any clone, for what is worth keeping between clones and runs
 /// (Kafka's resolved classpath, the book's tools): `$KAFKA_WORKBOOK_HOME`, else `$XDG_CACHE_HOME/kafka-workbook`,
