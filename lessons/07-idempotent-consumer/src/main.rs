@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
 
     // 2. Worker A applies some records and dies before committing any of them. The story assigns partitions
     //    itself instead of joining the group: a join takes about 3 s on the embedded broker.
+    let mut delivered_to_a = Vec::new();
     {
         let worker_a: StreamConsumer = consumer_config(&broker, &group).create()?;
         worker_a.assign(&positions(topic.name, &start))?;
@@ -72,9 +73,11 @@ async fn main() -> anyhow::Result<()> {
             let event = decode(&message)?;
             let outcome = apply_event(&mut store, &event).await?;
             println!("worker A: {:<9} {} by {} (not committed)", label(outcome), kind(&event), event.user_id);
+            delivered_to_a.push(event);
         }
         println!("worker A: crashed before committing\n");
     }
+    let handled_by_a = delivered_to_a.len();
 
     // 3. Worker B takes over from the group's committed offsets — none — so it gets every record again.
     let worker_b: StreamConsumer = consumer_config(&broker, &group).create()?;
@@ -86,20 +89,48 @@ async fn main() -> anyhow::Result<()> {
         "worker B: read {} records, applied {}, skipped {} duplicates, committed each one",
         report.records, report.applied, report.duplicates
     );
+    // Two kinds of duplicates reach worker B: the records worker A had handled (redelivered because A never
+    // committed them) and the producer's second copies of events that were already applied.
+    let redelivered = handled_by_a.min(report.duplicates);
+    println!(
+        "          the {} skipped: {redelivered} redelivered after A's crash, {} second copies from the producer",
+        report.duplicates,
+        report.duplicates - redelivered
+    );
 
-    // 4. Redis against the truth computed from the distinct events.
+    // 4. Redis against the truth computed from the distinct events, and against a consumer that applies every
+    //    delivery it gets: what at-least-once delivery costs without the processed-id check.
     let expected = Aggregates::expected(&events);
-    println!("\n{:<8} {:>6} {:>9} {:>12}", "user", "clicks", "purchases", "spent");
+    let naive = counted_every_time(delivered_to_a.iter().chain(&records));
+    let deliveries = delivered_to_a.len() + records.len();
+    println!(
+        "\n{:<8} {:>6} {:>9} {:>12}   {:>28}",
+        "user", "clicks", "purchases", "spent", "without the check (naive)"
+    );
     let mut all_match = true;
     for (user, want) in &expected {
         let got = store.aggregates(user).await?;
         all_match &= got == *want;
-        let spent = format!("{}.{:02}", got.purchase_total_cents / 100, got.purchase_total_cents % 100);
+        let naive = naive.get(user).copied().unwrap_or_default();
         let mark = if got == *want { "" } else { "   <- differs from the distinct events!" };
-        println!("{user:<8} {:>6} {:>9} {spent:>12}{mark}", got.clicks, got.purchases);
+        println!(
+            "{user:<8} {:>6} {:>9} {:>12}   {:>6} {:>9} {:>11}{mark}",
+            got.clicks,
+            got.purchases,
+            money(got.purchase_total_cents),
+            naive.clicks,
+            naive.purchases,
+            money(naive.purchase_total_cents)
+        );
     }
     if all_match {
-        println!("\n{total} deliveries, {} distinct events: every event counted exactly once.", events.len());
+        println!(
+            "\n{deliveries} deliveries ({} to A, {} to B) of {total} records, {} distinct events: each counted \
+             exactly once. A consumer without the check would have counted all {deliveries}.",
+            delivered_to_a.len(),
+            records.len(),
+            events.len()
+        );
     } else {
         println!("\nThe aggregates differ from the distinct events: the effect is not idempotent yet.");
     }
@@ -152,6 +183,28 @@ fn resume_positions(consumer: &StreamConsumer, topic: &str, start: &[i64]) -> an
     Ok(positions(topic, &offsets))
 }
 
+/// The aggregates a consumer without the processed-id check would keep: every delivery counts.
+fn counted_every_time<'a>(
+    deliveries: impl IntoIterator<Item = &'a kit::UserEvent>,
+) -> std::collections::BTreeMap<String, Aggregates> {
+    let mut by_user = std::collections::BTreeMap::<String, Aggregates>::new();
+    for event in deliveries {
+        let aggregates = by_user.entry(event.user_id.clone()).or_default();
+        match event.amount_cents {
+            Some(cents) => {
+                aggregates.purchases += 1;
+                aggregates.purchase_total_cents += cents;
+            }
+            None => aggregates.clicks += 1,
+        }
+    }
+    by_user
+}
+
+fn money(cents: u64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
 fn label(outcome: Outcome) -> &'static str {
     match outcome {
         Outcome::Applied => "applied",
@@ -161,7 +214,7 @@ fn label(outcome: Outcome) -> &'static str {
 
 fn kind(event: &kit::UserEvent) -> String {
     match event.amount_cents {
-        Some(cents) => format!("purchase {}.{:02}", cents / 100, cents % 100),
+        Some(cents) => format!("purchase {}", money(cents)),
         None => "click".into(),
     }
 }
