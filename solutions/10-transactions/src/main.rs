@@ -161,7 +161,7 @@ fn story(broker: &Broker, count: u32) -> anyhow::Result<()> {
         reservations.values().sum::<usize>(),
         if once { "exactly one each" } else { "NOT exactly one each" }
     );
-    if !broker.supports(Capability::ReadCommittedHidesAborted) {
+    if !once && !broker.supports(Capability::ReadCommittedHidesAborted) {
         println!(
             "   (the embedded broker counts aborted records too; real Kafka shows exactly one each: `cargo xtask kafka --detach`)"
         );

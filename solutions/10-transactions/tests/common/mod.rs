@@ -176,29 +176,40 @@ pub struct Txn {
     pub end: &'static str,
 }
 
-/// The transactions of `log`, in order, with each topic replaced by its role in `roles` (`(topic, role)`) and
-/// groups by `group`. AddPartitionsToTxn may be sent more than once per transaction (librdkafka retries it while
-/// the previous transaction's markers are written): the partitions are a set.
+/// The transactions of `log`, in order, with each topic (and group) replaced by its role in `roles`
+/// (`(name, role)`). librdkafka resends a request the coordinator answered with a retriable error (an
+/// AddPartitionsToTxn while the previous transaction's markers are written, an EndTxn while the coordinator
+/// loads): the partitions are a set, and an EndTxn that repeats the one just before it, with nothing in between,
+/// is the same end sent again.
 pub fn transactions(log: &[TxnRequest], roles: &[(&str, &str)]) -> Vec<Txn> {
     let role = |topic: &str| roles.iter().find(|(t, _)| *t == topic).map_or("(another topic)", |(_, r)| r).to_string();
     let mut done = Vec::new();
     let mut current: Option<Txn> = None;
+    let mut last_end: Option<(bool, i16)> = None;
     let blank =
         || Txn { partitions: BTreeSet::new(), offsets_for: BTreeSet::new(), offsets: BTreeMap::new(), end: "open" };
     for entry in log {
         match entry {
             TxnRequest::AddPartitionsToTxn { partitions, .. } => {
+                last_end = None;
                 let txn = current.get_or_insert_with(blank);
                 txn.partitions.extend(partitions.iter().map(|(t, p)| format!("{}/{p}", role(t))));
             }
             TxnRequest::AddOffsetsToTxn { group, .. } => {
+                last_end = None;
                 current.get_or_insert_with(blank).offsets_for.insert(role(group));
             }
             TxnRequest::TxnOffsetCommit { offsets, .. } => {
+                last_end = None;
                 let txn = current.get_or_insert_with(blank);
                 txn.offsets.extend(offsets.iter().map(|(t, p, o)| (format!("{}/{p}", role(t)), *o)));
             }
-            TxnRequest::EndTxn { committed, .. } => {
+            TxnRequest::EndTxn { committed, producer_epoch, .. } => {
+                let repeated = matches!(last_end, Some((c, e)) if c == *committed && e == *producer_epoch);
+                last_end = Some((*committed, *producer_epoch));
+                if current.is_none() && repeated {
+                    continue;
+                }
                 let mut txn = current.take().unwrap_or_else(blank);
                 txn.end = if *committed { "commit" } else { "abort" };
                 done.push(txn);
