@@ -1,6 +1,6 @@
 //! Grades lesson 10's inventory service, a consume-transform-produce stage: a batch's outputs and the offsets that
-//! follow it committed in one transaction, a failing request that aborts the batch and has it processed again, a
-//! zombie instance fenced by its successor that stops instead of retrying, and a crash between the sends and the
+//! follow it committed in one transaction, a failing request and a refused write that abort the batch and have it
+//! processed again, a zombie instance fenced by its successor that stops instead of retrying, and a crash between the sends and the
 //! commit after which every request still has exactly one output.
 //!
 //! What a transaction did is read from the requests `kit::FaultProxy` forwards, on every broker. The embedded
@@ -212,6 +212,41 @@ async fn a_failing_request_aborts_its_batch_which_is_processed_again() {
         "the transform ran more often than there are requests": effects_outside_kafka > requests.len(),
     });
     kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("aborted_and_processed_again", seen));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_that_cannot_commit_is_aborted_and_processed_again() {
+    let test = "a_batch_that_cannot_commit_is_aborted_and_processed_again";
+    let stage = Stage::new(1).await;
+    let requests = spread(1, &[4]);
+    publish_requests(&stage.input, &requests).await;
+    let proxy = FaultProxy::start(broker().bootstrap_servers()).expect("fault proxy");
+    let producer = ready_producer(proxy.bootstrap_servers(), &unique("lesson10-inventory-service")).await;
+    let consumer = assigned_consumer(broker().bootstrap_servers(), &stage.group, &stage.input, 1);
+    // The broker refuses the batch's outputs (it no longer knows the producer's id, as after its state expired):
+    // the transform succeeded, but the transaction cannot commit.
+    proxy.fail_produce_requests(&[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID]);
+    let (c, p, output) = (Arc::clone(&consumer), Arc::clone(&producer), stage.output.clone());
+    let first = blocking(move || match process_batch(&c, &p, &output, &mut |r| reserve(r)) {
+        Err(BatchError::Aborted(_)) => Ok(()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    first.expect("a batch whose commit failed is BatchError::Aborted");
+    assert_eq!(proxy.stats().requests_failed, 1, "{:?}", proxy.stats());
+
+    let done = run(&consumer, &producer, &stage.output, &Counting::default()).await.expect("processed again");
+    assert_eq!(done.records, requests.len(), "the same requests are processed again and committed: {done:?}");
+    let txns = transactions(&proxy.transaction_log(), &stage.roles());
+    let ends: Vec<&str> = txns.iter().map(|t| t.end).collect();
+    assert_eq!(ends.first(), Some(&"abort"), "the failed transaction was aborted: {txns:#?}");
+    assert_eq!(ends.last(), Some(&"commit"), "{txns:#?}");
+    assert_eq!(txns.last().unwrap().offsets.get("inventory.requests/0"), Some(&4), "resumes after every request");
+    let outputs = order_counts(&read_to_end(&stage.output, 1, "read_committed").await);
+    assert_eq!(outputs.keys().cloned().collect::<BTreeSet<_>>(), ids(&requests), "every request has an output");
+    if can_grade(broker(), Capability::ReadCommittedHidesAborted, test) {
+        assert!(outputs.values().all(|n| *n == 1), "exactly one output per request: {outputs:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
