@@ -265,8 +265,8 @@ pub enum BatchError {
 // and the next call must process the same requests again: return `BatchError::Aborted`. If the producer has a fatal
 // error (another instance took over its transactional id), return `BatchError::Fatal` at once: no abort, no retry.
 // The tests read the transactions on the wire (which partitions and offsets, commit or abort), fail `transform`
-// once, fence the producer with a second instance, and on real Kafka crash it before its commit and count the
-// outputs: exactly one per request.
+// once, make the broker refuse a batch's outputs once, fence the producer with a second instance, and on real
+// Kafka crash it before its commit and count the outputs: exactly one per request.
 // ANCHOR: process_batch
 /// Reads a batch of requests, writes one reservation per request and commits the input offsets, in one transaction.
 pub fn process_batch(
