@@ -62,6 +62,11 @@ pub enum Capability {
     /// batch it already has (a lost ack) and rejects one that skips ahead of a failed batch, so the producer
     /// resends in order. The mock checks them only for transactional producers.
     IdempotentSequenceChecks,
+    /// A producer that starts with the transactional id of another fences it: the broker refuses the older
+    /// producer's writes and commits from then on (the mock lets both write and commit). A test can still show the
+    /// fenced producer's side on the mock: [`crate::FaultProxy`] answers its next write as Kafka would
+    /// (`INVALID_PRODUCER_EPOCH`).
+    ProducerFencing,
     /// The CreateTopics/DeleteTopics admin API (the mock creates topics through its own API only).
     AdminTopics,
     /// Injecting request errors, broker outages and slow responses from inside the broker: only the in-process
@@ -80,6 +85,7 @@ impl Capability {
             Capability::IdempotentSequenceChecks => {
                 "checking an idempotent producer's sequence numbers (no copy after a lost ack, no gap after an error)"
             }
+            Capability::ProducerFencing => "fencing a producer when another starts with its transactional id",
             Capability::AdminTopics => "the CreateTopics admin API",
             Capability::FaultInjection => "fault injection (the in-process embedded broker)",
             Capability::BrokerOutage => "a private cluster to take down (in-process, or Kafka on this machine's JVM)",
@@ -215,6 +221,7 @@ impl Broker {
             Capability::ReadCommittedHidesAborted
             | Capability::TransactionalOffsetCommits
             | Capability::IdempotentSequenceChecks
+            | Capability::ProducerFencing
             | Capability::AdminTopics => self.kind.is_real_kafka(),
         }
     }

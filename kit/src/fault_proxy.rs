@@ -15,7 +15,13 @@
 //! - [`FaultProxy::fail_produce_requests`] answers the next Produce requests itself with a retriable error (not
 //!   leader, timed out, not enough replicas) without forwarding them, while the requests behind them go on to
 //!   the broker: the situation in which a producer without idempotence reorders, and the broker must reject the
-//!   batch that skips ahead for an idempotent one to lose nothing.
+//!   batch that skips ahead for an idempotent one to lose nothing;
+//! - [`FaultProxy::transaction_log`] lists the transactional requests it forwarded, decoded (InitProducerId and
+//!   the id it was given, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn): what a transaction did,
+//!   as the broker was told. Lesson 10 grades transactions with it on the embedded broker, whose consumers see
+//!   aborted records and which does not store transactional offset commits, so reading back shows little;
+//! - [`FaultProxy::crash_before_next_end_txn`] keeps the next EndTxn from the broker and cuts every connection
+//!   instead, for good: the client's process "died" after its transaction's sends and before its commit.
 //!
 //! Without faults it is also the way to give a broker a fixed address: [`FaultProxy::start_on`] binds its
 //! listeners on chosen ports, which is how `cargo xtask broker` publishes the embedded broker (whose own ports are
@@ -25,8 +31,9 @@
 //! decoded, their broker addresses rewritten (a transactional producer or a group member learns its
 //! coordinator's address from FindCoordinator, and would otherwise go around the proxy from then on) and
 //! encoded again at the version the client asked for. Produce requests are decoded (acks, topics, partitions) to
-//! answer them with an error. ApiVersions answers are decoded to cap those three APIs at the newest version the
-//! crate knows, so a client never picks one the proxy cannot read. Everything else, and every request, goes
+//! answer them with an error, and the transactional requests to log them (their InitProducerId answers too, for
+//! the producer id). ApiVersions answers are decoded to cap all those APIs at the newest version the crate knows,
+//! so a client never picks one the proxy cannot read. Everything else, and every request, goes
 //! through byte for byte; a frame the proxy must read and cannot ends its connection, with a warning. Responses
 //! go back in the order the requests came, the synthetic ones included, as a broker would send them. Blocking
 //! sockets on plain threads keep it independent of whichever async runtime the test uses.
@@ -42,8 +49,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, FindCoordinatorResponse, MetadataResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader,
+    AddOffsetsToTxnRequest, AddOffsetsToTxnResponse, AddPartitionsToTxnRequest, AddPartitionsToTxnResponse, ApiKey,
+    ApiVersionsResponse, EndTxnRequest, EndTxnResponse, FindCoordinatorResponse, InitProducerIdRequest,
+    InitProducerIdResponse, MetadataResponse, ProduceRequest, ProduceResponse, RequestHeader, ResponseHeader,
+    TxnOffsetCommitRequest, TxnOffsetCommitResponse,
 };
 use kafka_protocol::protocol::{Decodable, Message, StrBytes};
 use rdkafka::types::RDKafkaRespErr;
@@ -60,6 +69,55 @@ pub struct ProxyStats {
     pub acks_lost: u64,
     pub acks_delayed: u64,
     pub requests_failed: u64,
+    /// EndTxn requests kept from the broker by [`FaultProxy::crash_before_next_end_txn`] (0 or 1).
+    pub end_txn_cut: u64,
+}
+
+/// One transactional request the proxy forwarded to the broker, decoded: together they say what each transaction
+/// did, in the order the broker was told. Producer ids and epochs come from the requests (and, for
+/// `InitProducerId`, from the broker's answer): a second producer with the same transactional id gets a higher
+/// epoch, which is how entries of a fenced producer and of its successor are told apart.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum TxnRequest {
+    /// A producer asked for its id; `transactional_id` is `None` for an idempotent, non-transactional producer.
+    /// The id and epoch are the broker's answer (-1 with an `error_code` when it refused).
+    InitProducerId { transactional_id: Option<String>, producer_id: i64, producer_epoch: i16, error_code: i16 },
+    /// Partitions joining the transaction before the producer writes to them (topic, partition).
+    AddPartitionsToTxn {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        partitions: Vec<(String, i32)>,
+    },
+    /// The consumer group whose offsets the transaction will commit.
+    AddOffsetsToTxn { transactional_id: String, producer_id: i64, producer_epoch: i16, group: String },
+    /// The offsets committed with the transaction (topic, partition, offset: the next record to read).
+    TxnOffsetCommit {
+        transactional_id: String,
+        producer_id: i64,
+        producer_epoch: i16,
+        group: String,
+        offsets: Vec<(String, i32, i64)>,
+    },
+    /// The end of a transaction: `committed` true for a commit, false for an abort.
+    EndTxn { transactional_id: String, producer_id: i64, producer_epoch: i16, committed: bool },
+    /// A transactional request the proxy could not decode; it was forwarded as it came.
+    Unreadable { api: String, version: i16, error: String },
+}
+
+impl TxnRequest {
+    /// The producer epoch the entry carries (-1 for an unreadable one).
+    pub fn producer_epoch(&self) -> i16 {
+        match self {
+            TxnRequest::InitProducerId { producer_epoch, .. }
+            | TxnRequest::AddPartitionsToTxn { producer_epoch, .. }
+            | TxnRequest::AddOffsetsToTxn { producer_epoch, .. }
+            | TxnRequest::TxnOffsetCommit { producer_epoch, .. }
+            | TxnRequest::EndTxn { producer_epoch, .. } => *producer_epoch,
+            TxnRequest::Unreadable { .. } => -1,
+        }
+    }
 }
 
 /// A running proxy. Dropping it closes its listeners and every connection through it.
@@ -94,6 +152,10 @@ struct Shared {
     acks_lost: AtomicU64,
     acks_delayed: AtomicU64,
     requests_failed: AtomicU64,
+    /// The transactional requests forwarded, in order.
+    transactions: Mutex<Vec<TxnRequest>>,
+    crash_at_end_txn: AtomicBool,
+    end_txn_cut: AtomicU64,
 }
 
 impl FaultProxy {
@@ -136,6 +198,9 @@ impl FaultProxy {
             acks_lost: AtomicU64::new(0),
             acks_delayed: AtomicU64::new(0),
             requests_failed: AtomicU64::new(0),
+            transactions: Mutex::new(Vec::new()),
+            crash_at_end_txn: AtomicBool::new(false),
+            end_txn_cut: AtomicU64::new(0),
         });
         let port = listener_for(&shared, host, port)?;
         let bootstrap = format!("{}:{port}", shared.listen.host);
@@ -183,6 +248,21 @@ impl FaultProxy {
         self.fail_produce_requests(&errors);
     }
 
+    /// The transactional requests forwarded to the broker so far, decoded, in the order they came (over every
+    /// connection). An EndTxn kept back by [`FaultProxy::crash_before_next_end_txn`] is not in it.
+    pub fn transaction_log(&self) -> Vec<TxnRequest> {
+        self.shared.transactions.lock().unwrap().clone()
+    }
+
+    /// When the next EndTxn request (a commit or an abort) arrives, the proxy does not forward it: it closes every
+    /// connection through it and accepts no new one, for good. To the broker, the client died between the last
+    /// request of its transaction and its commit; the client, cut off, can reach nothing any more. Whatever the
+    /// transaction wrote stays open until a producer with the same transactional id starts (or the transaction
+    /// times out) and the broker aborts it.
+    pub fn crash_before_next_end_txn(&self) {
+        self.shared.crash_at_end_txn.store(true, Ordering::SeqCst);
+    }
+
     pub fn stats(&self) -> ProxyStats {
         let s = &self.shared;
         ProxyStats {
@@ -193,16 +273,14 @@ impl FaultProxy {
             acks_lost: s.acks_lost.load(Ordering::SeqCst),
             acks_delayed: s.acks_delayed.load(Ordering::SeqCst),
             requests_failed: s.requests_failed.load(Ordering::SeqCst),
+            end_txn_cut: s.end_txn_cut.load(Ordering::SeqCst),
         }
     }
 }
 
 impl Drop for FaultProxy {
     fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::SeqCst);
-        for socket in self.shared.sockets.lock().unwrap().drain(..) {
-            let _ = socket.shutdown(Shutdown::Both);
-        }
+        self.shared.close_connections();
         // Each accept loop is blocked in `accept`: one connection wakes it to see `closed`. A listener on every
         // interface (0.0.0.0) is reached on loopback.
         for address in self.shared.listeners.lock().unwrap().values() {
@@ -211,6 +289,16 @@ impl Drop for FaultProxy {
                 wake.set_ip(Ipv4Addr::LOCALHOST.into());
             }
             let _ = TcpStream::connect(wake);
+        }
+    }
+}
+
+impl Shared {
+    /// Stops accepting (each accept loop returns at its next connection) and closes every open connection.
+    fn close_connections(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        for socket in self.sockets.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(Shutdown::Both);
         }
     }
 }
@@ -308,6 +396,8 @@ struct Waiting {
     api_version: i16,
     /// The proxy's own answer (an injected error), sent when every answer before it has gone.
     synthetic: Option<Bytes>,
+    /// For an InitProducerId request: its transactional id, logged with the broker's answer.
+    init_producer_id: Option<Option<String>>,
 }
 
 impl Answers {
@@ -336,7 +426,31 @@ fn relay_requests(
             api_key,
             api_version: header.request_api_version,
             synthetic: None,
+            init_producer_id: None,
         };
+        if api_key == Some(ApiKey::EndTxn) && shared.crash_at_end_txn.swap(false, Ordering::SeqCst) {
+            shared.end_txn_cut.fetch_add(1, Ordering::SeqCst);
+            tracing::debug!(
+                "fault proxy: kept EndTxn {} from the broker and cut every connection",
+                header.correlation_id
+            );
+            shared.close_connections();
+            return Ok(());
+        }
+        if let Some(api) = api_key.filter(|api| TRANSACTIONAL_APIS.contains(api)) {
+            match read_transactional_request(api, body.clone(), header.request_api_version) {
+                Ok(Logged::Now(entry)) => shared.transactions.lock().unwrap().push(entry),
+                Ok(Logged::WithAnswer(transactional_id)) => waiting.init_producer_id = Some(transactional_id),
+                Err(e) => {
+                    tracing::warn!("fault proxy: relaying a {api:?} request it could not read: {e}");
+                    shared.transactions.lock().unwrap().push(TxnRequest::Unreadable {
+                        api: format!("{api:?}"),
+                        version: header.request_api_version,
+                        error: e.to_string(),
+                    });
+                }
+            }
+        }
         if api_key == Some(ApiKey::Produce) {
             shared.produce_requests.fetch_add(1, Ordering::SeqCst);
             let request = decode_produce_request(body, header.request_api_version)?;
@@ -372,13 +486,10 @@ fn relay_responses(
     let result = (|| loop {
         let mut frame = read_frame(&mut server)?;
         let correlation_id = wire::response_correlation_id(&frame)?;
-        let request = {
+        let (request, init_producer_id) = {
             let answers = connection.answers.lock().unwrap();
-            answers
-                .waiting
-                .iter()
-                .find(|w| w.correlation_id == correlation_id && w.synthetic.is_none())
-                .map(|w| (w.api_key, w.api_version))
+            let waiting = answers.waiting.iter().find(|w| w.correlation_id == correlation_id && w.synthetic.is_none());
+            (waiting.map(|w| (w.api_key, w.api_version)), waiting.and_then(|w| w.init_producer_id.clone()))
         };
         // Clients learn of brokers at the address the proxy advertises for them.
         let advertise = |host: &str, port: i32| -> io::Result<(String, u16)> {
@@ -410,6 +521,15 @@ fn relay_responses(
                 shared.coordinators_rewritten.fetch_add(1, Ordering::SeqCst);
             }
             Some((Some(ApiKey::ApiVersions), version)) => frame = cap_api_versions(frame, version)?,
+            Some((Some(ApiKey::InitProducerId), version)) => {
+                let entry = init_producer_id_entry(frame.clone(), version, init_producer_id.unwrap_or_default())
+                    .unwrap_or_else(|e| TxnRequest::Unreadable {
+                        api: "InitProducerId".into(),
+                        version,
+                        error: e.to_string(),
+                    });
+                shared.transactions.lock().unwrap().push(entry);
+            }
             _ => {}
         }
         let mut answers = connection.answers.lock().unwrap();
@@ -497,8 +617,8 @@ fn advertised(
     Ok((StrBytes::from_string(host), i32::from(port)))
 }
 
-/// Lowers the newest version a broker offers for the APIs the proxy decodes (Produce, Metadata, FindCoordinator)
-/// to the newest the crate knows: a client uses the newest version both sides offer, and one the proxy could not
+/// Lowers the newest version a broker offers for the APIs the proxy decodes (Produce, Metadata, FindCoordinator
+/// and the transactional ones) to the newest the crate knows: a client uses the newest version both sides offer, and one the proxy could not
 /// read would cost the client its connection (a broker newer than the crate). Other APIs are relayed as they
 /// are, so their versions stay the broker's.
 pub(crate) fn cap_api_versions(frame: Bytes, version: i16) -> io::Result<Bytes> {
@@ -516,9 +636,142 @@ pub(crate) fn cap_api_versions(frame: Bytes, version: i16) -> io::Result<Bytes> 
         if let Ok(key @ (ApiKey::Produce | ApiKey::Metadata | ApiKey::FindCoordinator)) = ApiKey::try_from(api.api_key)
         {
             api.max_version = api.max_version.min(key.valid_versions().max);
+        } else if let Some(max) = ApiKey::try_from(api.api_key).ok().and_then(transactional_max_version) {
+            api.max_version = api.max_version.min(max);
         }
     }
     wire::encode_response(ApiKey::ApiVersions, version, &header, &response, &trailer)
+}
+
+/// The transactional APIs the proxy reads and logs.
+const TRANSACTIONAL_APIS: [ApiKey; 5] = [
+    ApiKey::InitProducerId,
+    ApiKey::AddPartitionsToTxn,
+    ApiKey::AddOffsetsToTxn,
+    ApiKey::TxnOffsetCommit,
+    ApiKey::EndTxn,
+];
+
+/// The newest version of a transactional API whose request *and* answer the crate decodes. The two can differ
+/// (kafka-protocol 0.18 knows InitProducerId answers up to v6 and requests up to v5), and the proxy reads both.
+pub(crate) fn transactional_max_version(api: ApiKey) -> Option<i16> {
+    let max = match api {
+        ApiKey::InitProducerId => InitProducerIdRequest::VERSIONS.max.min(InitProducerIdResponse::VERSIONS.max),
+        ApiKey::AddPartitionsToTxn => {
+            AddPartitionsToTxnRequest::VERSIONS.max.min(AddPartitionsToTxnResponse::VERSIONS.max)
+        }
+        ApiKey::AddOffsetsToTxn => AddOffsetsToTxnRequest::VERSIONS.max.min(AddOffsetsToTxnResponse::VERSIONS.max),
+        ApiKey::TxnOffsetCommit => TxnOffsetCommitRequest::VERSIONS.max.min(TxnOffsetCommitResponse::VERSIONS.max),
+        ApiKey::EndTxn => EndTxnRequest::VERSIONS.max.min(EndTxnResponse::VERSIONS.max),
+        _ => return None,
+    };
+    Some(max)
+}
+
+/// What reading a transactional request gives: an entry for the log now, or (InitProducerId) the transactional
+/// id, logged once the broker's answer says which producer id and epoch it gave.
+#[derive(Debug, PartialEq)]
+pub(crate) enum Logged {
+    Now(TxnRequest),
+    WithAnswer(Option<String>),
+}
+
+/// Decodes the body of a transactional request (`body` starts after the header) into what the log keeps.
+pub(crate) fn read_transactional_request(api: ApiKey, mut body: Bytes, version: i16) -> io::Result<Logged> {
+    fn decode<M: Decodable>(body: &mut Bytes, api: ApiKey, version: i16) -> io::Result<M> {
+        M::decode(body, version).map_err(|e| malformed(format!("{api:?} request v{version}: {e}")))
+    }
+    let text = |s: &StrBytes| s.to_string();
+    let entry = match api {
+        ApiKey::InitProducerId => {
+            let request: InitProducerIdRequest = decode(&mut body, api, version)?;
+            return Ok(Logged::WithAnswer(request.transactional_id.map(|id| text(&id.0))));
+        }
+        ApiKey::AddPartitionsToTxn => {
+            let request: AddPartitionsToTxnRequest = decode(&mut body, api, version)?;
+            // Clients send versions 0 to 3, one transaction per request; from 4 the request batches
+            // transactions (brokers verifying them for each other). Either shape is read; a batch is logged
+            // per transaction.
+            if version <= 3 {
+                let partitions = request
+                    .v3_and_below_topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(move |p| (text(&t.name.0), *p)))
+                    .collect();
+                TxnRequest::AddPartitionsToTxn {
+                    transactional_id: text(&request.v3_and_below_transactional_id.0),
+                    producer_id: request.v3_and_below_producer_id.0,
+                    producer_epoch: request.v3_and_below_producer_epoch,
+                    partitions,
+                }
+            } else {
+                let mut entries = request.transactions.iter().map(|txn| TxnRequest::AddPartitionsToTxn {
+                    transactional_id: text(&txn.transactional_id.0),
+                    producer_id: txn.producer_id.0,
+                    producer_epoch: txn.producer_epoch,
+                    partitions: txn
+                        .topics
+                        .iter()
+                        .flat_map(|t| t.partitions.iter().map(move |p| (text(&t.name.0), *p)))
+                        .collect(),
+                });
+                // A client's request names one transaction.
+                entries.next().ok_or_else(|| malformed(format!("{api:?} request v{version} names no transaction")))?
+            }
+        }
+        ApiKey::AddOffsetsToTxn => {
+            let request: AddOffsetsToTxnRequest = decode(&mut body, api, version)?;
+            TxnRequest::AddOffsetsToTxn {
+                transactional_id: text(&request.transactional_id.0),
+                producer_id: request.producer_id.0,
+                producer_epoch: request.producer_epoch,
+                group: text(&request.group_id.0),
+            }
+        }
+        ApiKey::TxnOffsetCommit => {
+            let request: TxnOffsetCommitRequest = decode(&mut body, api, version)?;
+            let offsets = request
+                .topics
+                .iter()
+                .flat_map(|t| {
+                    t.partitions.iter().map(move |p| (text(&t.name.0), p.partition_index, p.committed_offset))
+                })
+                .collect();
+            TxnRequest::TxnOffsetCommit {
+                transactional_id: text(&request.transactional_id.0),
+                producer_id: request.producer_id.0,
+                producer_epoch: request.producer_epoch,
+                group: text(&request.group_id.0),
+                offsets,
+            }
+        }
+        ApiKey::EndTxn => {
+            let request: EndTxnRequest = decode(&mut body, api, version)?;
+            TxnRequest::EndTxn {
+                transactional_id: text(&request.transactional_id.0),
+                producer_id: request.producer_id.0,
+                producer_epoch: request.producer_epoch,
+                committed: request.committed,
+            }
+        }
+        _ => return Err(malformed(format!("{api:?} is not a transactional request"))),
+    };
+    Ok(Logged::Now(entry))
+}
+
+/// The log entry for an InitProducerId answer (`frame` is header and body) to a request for `transactional_id`.
+pub(crate) fn init_producer_id_entry(
+    frame: Bytes,
+    version: i16,
+    transactional_id: Option<String>,
+) -> io::Result<TxnRequest> {
+    let (_, response, _) = wire::decode_response::<InitProducerIdResponse>(frame, ApiKey::InitProducerId, version)?;
+    Ok(TxnRequest::InitProducerId {
+        transactional_id,
+        producer_id: response.producer_id.0,
+        producer_epoch: response.producer_epoch,
+        error_code: response.error_code,
+    })
 }
 
 #[cfg(test)]

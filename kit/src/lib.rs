@@ -10,7 +10,8 @@
 //! - [`embedded`]: hosts librdkafka's mock cluster on a thread of its own (the mock is `!Send`) and exposes its
 //!   fault injection.
 //! - [`fault_proxy`]: a Kafka-aware TCP proxy that loses or delays Produce acks in front of any broker, real Kafka
-//!   included, for the behaviours that only real Kafka gets right under faults (lesson 09's lost ack); without
+//!   included, for the behaviours that only real Kafka gets right under faults (lesson 09's lost ack), and logs
+//!   the transactional requests it forwards (lesson 10's grading on the embedded broker); without
 //!   faults, it publishes the embedded broker on a fixed address such as `127.0.0.1:9092` for other processes.
 //! - [`wire`]: Kafka's frames through the `kafka-protocol` crate, and a blocking Metadata probe that needs no
 //!   librdkafka (how [`jvm_kafka`] waits for its brokers).
@@ -72,7 +73,7 @@ pub use embedded::EmbeddedCluster;
 #[cfg(feature = "clients")]
 pub use events::{EventType, UserEvent};
 #[cfg(feature = "clients")]
-pub use fault_proxy::{FaultProxy, ProxyStats};
+pub use fault_proxy::{FaultProxy, ProxyStats, TxnRequest};
 
 /// The workbook's folder on this machine, outside any clone, for what is worth keeping between clones and runs
 /// (Kafka's resolved classpath, the book's tools): `$KAFKA_WORKBOOK_HOME`, else `$XDG_CACHE_HOME/kafka-workbook`,

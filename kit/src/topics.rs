@@ -50,8 +50,38 @@ pub const USER_EVENTS_UNKEYED: TopicSpec = TopicSpec {
     purpose: "lesson 03: user events without a key, scattered over the partitions",
 };
 
+/// Orders as the order service records them (lesson 10): `ORDER_CREATED`, keyed by `order_id`, written in one
+/// transaction with the order's stock request.
+pub const ORDERS_EVENTS: TopicSpec = TopicSpec {
+    name: "orders.events",
+    partitions: 3,
+    retention_ms: Some(7 * DAY_MS),
+    compression: "lz4",
+    purpose: "lesson 10: ORDER_CREATED events, keyed by order_id",
+};
+
+/// Stock reservations the order service asks of the inventory service (lesson 10), keyed by `order_id`.
+pub const INVENTORY_REQUESTS: TopicSpec = TopicSpec {
+    name: "inventory.requests",
+    partitions: 3,
+    retention_ms: Some(DAY_MS),
+    compression: "lz4",
+    purpose: "lesson 10: RESERVE requests, written with their order in one transaction",
+};
+
+/// What the inventory service did with each request (lesson 10), written exactly once per request by a
+/// consume-transform-produce transaction.
+pub const INVENTORY_EVENTS: TopicSpec = TopicSpec {
+    name: "inventory.events",
+    partitions: 3,
+    retention_ms: Some(7 * DAY_MS),
+    compression: "lz4",
+    purpose: "lesson 10: STOCK_RESERVED events, one per inventory request",
+};
+
 /// Every topic the workbook's stories use.
-pub const WORKBOOK_TOPICS: &[TopicSpec] = &[USER_EVENTS, USER_EVENTS_DLQ, USER_EVENTS_UNKEYED];
+pub const WORKBOOK_TOPICS: &[TopicSpec] =
+    &[USER_EVENTS, USER_EVENTS_DLQ, USER_EVENTS_UNKEYED, ORDERS_EVENTS, INVENTORY_REQUESTS, INVENTORY_EVENTS];
 
 /// Looks a topic up by name.
 pub fn find(name: &str) -> Option<&'static TopicSpec> {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kit::{Broker, EmbeddedCluster, FaultProxy};
+use kit::{Broker, EmbeddedCluster, FaultProxy, TxnRequest};
 use kit_testing::{broker, read_topic, unique};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::types::RDKafkaRespErr;
@@ -100,10 +100,11 @@ async fn a_transactional_producer_reaches_its_coordinator_through_the_proxy() {
     let topic = unique("kit-proxy-txn");
     broker.create_topic(&topic, 1).await.unwrap();
     let proxy = FaultProxy::start(broker.bootstrap_servers()).unwrap();
+    let transactional_id = unique("kit-proxy-txn");
     let producer: FutureProducer = broker
         .producer_config()
         .set("bootstrap.servers", proxy.bootstrap_servers())
-        .set("transactional.id", unique("kit-proxy-txn"))
+        .set("transactional.id", &transactional_id)
         .create()
         .unwrap();
     // librdkafka's transactional calls block: off the async runtime's thread.
@@ -127,6 +128,55 @@ async fn a_transactional_producer_reaches_its_coordinator_through_the_proxy() {
     assert!(stats.produce_requests >= 1, "and the records still went through it: {stats:?}");
     let read = read_topic(broker, &topic, 1, Duration::from_secs(10)).await;
     assert_eq!(read.iter().filter(|r| r.payload.as_deref() == Some("in a transaction")).count(), 1);
+
+    // The transaction as the proxy logged it: the producer's id, the partition it joined, the commit.
+    let log = proxy.transaction_log();
+    assert!(
+        log.iter().any(|e| matches!(e, TxnRequest::InitProducerId { transactional_id: Some(id), error_code: 0, .. } if *id == transactional_id)),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|e| matches!(e, TxnRequest::AddPartitionsToTxn { partitions, .. } if partitions.contains(&(topic.clone(), 0)))),
+        "{log:?}"
+    );
+    assert!(matches!(log.last(), Some(TxnRequest::EndTxn { committed: true, .. })), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_crash_before_end_txn_keeps_the_commit_from_the_broker_and_cuts_the_client_off() {
+    let broker = broker();
+    let topic = unique("kit-proxy-crash");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let proxy = FaultProxy::start(broker.bootstrap_servers()).unwrap();
+    let producer: FutureProducer = broker
+        .producer_config()
+        .set("bootstrap.servers", proxy.bootstrap_servers())
+        .set("transactional.id", unique("kit-proxy-crash"))
+        .create()
+        .unwrap();
+    let producer = tokio::task::spawn_blocking(move || {
+        producer.init_transactions(Duration::from_secs(20)).expect("init_transactions");
+        producer.begin_transaction().expect("begin_transaction");
+        producer
+    })
+    .await
+    .unwrap();
+    send(&producer, &topic, "k", "never committed").await;
+    proxy.crash_before_next_end_txn();
+    let committed = tokio::task::spawn_blocking(move || {
+        let result = producer.commit_transaction(Duration::from_secs(3));
+        std::mem::forget(producer); // a crashed process closes nothing
+        result
+    })
+    .await
+    .unwrap();
+    assert!(committed.is_err(), "the commit never reached the broker: {committed:?}");
+    assert_eq!(proxy.stats().end_txn_cut, 1, "{:?}", proxy.stats());
+    assert!(
+        !proxy.transaction_log().iter().any(|e| matches!(e, TxnRequest::EndTxn { .. })),
+        "the EndTxn kept from the broker is not in the log: {:?}",
+        proxy.transaction_log()
+    );
 }
 
 #[tokio::test]

@@ -4,21 +4,27 @@
 //! integration tests (kit/tests/fault_proxy.rs) put librdkafka, the mock and Apache Kafka on either side.
 
 use bytes::Bytes;
+use kafka_protocol::messages::add_partitions_to_txn_request::{AddPartitionsToTxnTopic, AddPartitionsToTxnTransaction};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::metadata_response::{
     MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
 };
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+use kafka_protocol::messages::txn_offset_commit_request::{
+    TxnOffsetCommitRequestPartition, TxnOffsetCommitRequestTopic,
+};
 use kafka_protocol::messages::{
-    ApiKey, ApiVersionsResponse, BrokerId, FindCoordinatorResponse, MetadataResponse, ProduceRequest, ProduceResponse,
-    RequestHeader, ResponseHeader, TopicName, TransactionalId,
+    AddOffsetsToTxnRequest, AddPartitionsToTxnRequest, ApiKey, ApiVersionsResponse, BrokerId, EndTxnRequest,
+    FindCoordinatorResponse, GroupId, InitProducerIdRequest, InitProducerIdResponse, MetadataResponse, ProduceRequest,
+    ProduceResponse, ProducerId, RequestHeader, ResponseHeader, TopicName, TransactionalId, TxnOffsetCommitRequest,
 };
 use kafka_protocol::protocol::{Encodable, Message, StrBytes};
 use uuid::Uuid;
 
 use super::{
-    cap_api_versions, decode_produce_request, produce_error_response, rewrite_find_coordinator, rewrite_metadata,
+    Logged, TxnRequest, cap_api_versions, decode_produce_request, init_producer_id_entry, produce_error_response,
+    read_transactional_request, rewrite_find_coordinator, rewrite_metadata, transactional_max_version,
 };
 use crate::wire;
 
@@ -281,6 +287,11 @@ fn api_versions_are_capped_at_what_the_proxy_reads_and_left_alone_otherwise() {
             offered(ApiKey::Metadata, 0),
             offered(ApiKey::FindCoordinator, 0),
             offered(ApiKey::Fetch, 4),
+            offered(ApiKey::InitProducerId, 0),
+            offered(ApiKey::AddPartitionsToTxn, 0),
+            offered(ApiKey::AddOffsetsToTxn, 0),
+            offered(ApiKey::TxnOffsetCommit, 0),
+            offered(ApiKey::EndTxn, 0),
         ]);
         if version >= 1 {
             original.throttle_time_ms = 25;
@@ -298,7 +309,14 @@ fn api_versions_are_capped_at_what_the_proxy_reads_and_left_alone_otherwise() {
         expected.api_keys[0].max_version = ProduceRequest::VERSIONS.max;
         expected.api_keys[1].max_version = MetadataResponse::VERSIONS.max;
         expected.api_keys[2].max_version = FindCoordinatorResponse::VERSIONS.max;
-        assert_eq!(capped, expected, "v{version}: the three APIs capped, Fetch and the rest unchanged");
+        // The transactional APIs: the newest version whose request and answer the crate both decode.
+        expected.api_keys[4].max_version =
+            InitProducerIdRequest::VERSIONS.max.min(InitProducerIdResponse::VERSIONS.max);
+        expected.api_keys[5].max_version = AddPartitionsToTxnRequest::VERSIONS.max;
+        expected.api_keys[6].max_version = AddOffsetsToTxnRequest::VERSIONS.max;
+        expected.api_keys[7].max_version = TxnOffsetCommitRequest::VERSIONS.max;
+        expected.api_keys[8].max_version = EndTxnRequest::VERSIONS.max;
+        assert_eq!(capped, expected, "v{version}: the decoded APIs capped, Fetch and the rest unchanged");
     }
     // A broker that does not know the version asked answers with an error at version 0: relayed untouched.
     let refusal = response_frame(ApiKey::ApiVersions, 0, &ApiVersionsResponse::default().with_error_code(35));
@@ -370,4 +388,185 @@ fn bytes_after_a_response_body_are_carried_over() {
     assert_eq!(out.last(), Some(&0));
     let (_, rewritten, trailer) = wire::decode_response::<MetadataResponse>(out, ApiKey::Metadata, 12).unwrap();
     assert_eq!((rewritten.brokers[1].host.as_str(), &trailer[..]), ("proxy.test", &[0u8][..]));
+}
+
+/// A request frame's body, as the proxy gets it: encoded by the crate with a header, the header read off.
+fn request_body<M: Encodable>(api: ApiKey, version: i16, body: &M) -> Bytes {
+    let header = RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(5)
+        .with_client_id(Some(text("rdkafka")));
+    let mut frame = Bytes::from(wire::encode_request(api, &header, body).unwrap_or_else(|e| panic!("{api:?}: {e}")));
+    let (read, _) = wire::decode_request_header(&mut frame).unwrap();
+    assert_eq!(read, Some(api));
+    frame
+}
+
+fn versions_of(api: ApiKey) -> std::ops::RangeInclusive<i16> {
+    0..=transactional_max_version(api).expect("a transactional API")
+}
+
+fn logged(api: ApiKey, body: Bytes, version: i16) -> TxnRequest {
+    match read_transactional_request(api, body, version).unwrap_or_else(|e| panic!("{api:?} v{version}: {e}")) {
+        Logged::Now(entry) => entry,
+        Logged::WithAnswer(_) => panic!("{api:?} v{version} is logged at once"),
+    }
+}
+
+#[test]
+fn transactional_requests_of_every_version_are_logged_as_sent() {
+    let txn = || TransactionalId(text("order-service-1"));
+    for version in versions_of(ApiKey::AddPartitionsToTxn) {
+        let topics = vec![
+            AddPartitionsToTxnTopic::default().with_name(TopicName(text("orders.events"))).with_partitions(vec![0, 2]),
+            AddPartitionsToTxnTopic::default()
+                .with_name(TopicName(text("inventory.requests")))
+                .with_partitions(vec![1]),
+        ];
+        // A client's request up to version 3; from 4, a batch of transactions (one here), as brokers send it.
+        let request = if version <= 3 {
+            AddPartitionsToTxnRequest::default()
+                .with_v3_and_below_transactional_id(txn())
+                .with_v3_and_below_producer_id(ProducerId(42))
+                .with_v3_and_below_producer_epoch(3)
+                .with_v3_and_below_topics(topics)
+        } else {
+            AddPartitionsToTxnRequest::default().with_transactions(vec![
+                AddPartitionsToTxnTransaction::default()
+                    .with_transactional_id(txn())
+                    .with_producer_id(ProducerId(42))
+                    .with_producer_epoch(3)
+                    .with_topics(topics),
+            ])
+        };
+        let body = request_body(ApiKey::AddPartitionsToTxn, version, &request);
+        assert_eq!(
+            logged(ApiKey::AddPartitionsToTxn, body, version),
+            TxnRequest::AddPartitionsToTxn {
+                transactional_id: "order-service-1".into(),
+                producer_id: 42,
+                producer_epoch: 3,
+                partitions: vec![
+                    ("orders.events".into(), 0),
+                    ("orders.events".into(), 2),
+                    ("inventory.requests".into(), 1)
+                ],
+            },
+            "v{version}"
+        );
+    }
+    for version in versions_of(ApiKey::AddOffsetsToTxn) {
+        let request = AddOffsetsToTxnRequest::default()
+            .with_transactional_id(txn())
+            .with_producer_id(ProducerId(42))
+            .with_producer_epoch(3)
+            .with_group_id(GroupId(text("inventory-service")));
+        let body = request_body(ApiKey::AddOffsetsToTxn, version, &request);
+        assert_eq!(
+            logged(ApiKey::AddOffsetsToTxn, body, version),
+            TxnRequest::AddOffsetsToTxn {
+                transactional_id: "order-service-1".into(),
+                producer_id: 42,
+                producer_epoch: 3,
+                group: "inventory-service".into(),
+            },
+            "v{version}"
+        );
+    }
+    for version in versions_of(ApiKey::TxnOffsetCommit) {
+        let partition = |index: i32, offset: i64| {
+            TxnOffsetCommitRequestPartition::default().with_partition_index(index).with_committed_offset(offset)
+        };
+        let mut request = TxnOffsetCommitRequest::default()
+            .with_transactional_id(txn())
+            .with_group_id(GroupId(text("inventory-service")))
+            .with_producer_id(ProducerId(42))
+            .with_producer_epoch(3)
+            .with_topics(vec![
+                TxnOffsetCommitRequestTopic::default()
+                    .with_name(TopicName(text("inventory.requests")))
+                    .with_partitions(vec![partition(0, 17), partition(2, 5)]),
+            ]);
+        if version >= 3 {
+            request = request.with_generation_id(7).with_member_id(text("member-1"));
+        }
+        let body = request_body(ApiKey::TxnOffsetCommit, version, &request);
+        assert_eq!(
+            logged(ApiKey::TxnOffsetCommit, body, version),
+            TxnRequest::TxnOffsetCommit {
+                transactional_id: "order-service-1".into(),
+                producer_id: 42,
+                producer_epoch: 3,
+                group: "inventory-service".into(),
+                offsets: vec![("inventory.requests".into(), 0, 17), ("inventory.requests".into(), 2, 5)],
+            },
+            "v{version}"
+        );
+    }
+    for version in versions_of(ApiKey::EndTxn) {
+        for committed in [true, false] {
+            let request = EndTxnRequest::default()
+                .with_transactional_id(txn())
+                .with_producer_id(ProducerId(42))
+                .with_producer_epoch(3)
+                .with_committed(committed);
+            let body = request_body(ApiKey::EndTxn, version, &request);
+            assert_eq!(
+                logged(ApiKey::EndTxn, body, version),
+                TxnRequest::EndTxn {
+                    transactional_id: "order-service-1".into(),
+                    producer_id: 42,
+                    producer_epoch: 3,
+                    committed
+                },
+                "v{version}"
+            );
+        }
+    }
+}
+
+#[test]
+fn init_producer_id_is_logged_with_the_id_and_epoch_the_broker_gave() {
+    for version in versions_of(ApiKey::InitProducerId) {
+        for transactional_id in [Some("order-service-1"), None] {
+            let request = InitProducerIdRequest::default()
+                .with_transactional_id(transactional_id.map(|id| TransactionalId(text(id))))
+                .with_transaction_timeout_ms(30_000);
+            let body = request_body(ApiKey::InitProducerId, version, &request);
+            let read = read_transactional_request(ApiKey::InitProducerId, body, version).unwrap();
+            assert_eq!(read, Logged::WithAnswer(transactional_id.map(String::from)), "v{version}");
+        }
+        let answer = InitProducerIdResponse::default().with_producer_id(ProducerId(42)).with_producer_epoch(4);
+        let entry =
+            init_producer_id_entry(response_frame(ApiKey::InitProducerId, version, &answer), version, Some("t".into()))
+                .unwrap_or_else(|e| panic!("v{version}: {e}"));
+        assert_eq!(
+            entry,
+            TxnRequest::InitProducerId {
+                transactional_id: Some("t".into()),
+                producer_id: 42,
+                producer_epoch: 4,
+                error_code: 0
+            },
+            "v{version}"
+        );
+    }
+}
+
+#[test]
+fn a_cut_transactional_request_is_an_error_not_a_panic() {
+    let request = EndTxnRequest::default().with_transactional_id(TransactionalId(text("t"))).with_committed(true);
+    for version in versions_of(ApiKey::EndTxn) {
+        let body = request_body(ApiKey::EndTxn, version, &request);
+        for cut in 0..body.len() {
+            assert!(
+                read_transactional_request(ApiKey::EndTxn, body.slice(..cut), version).is_err(),
+                "v{version} at {cut}"
+            );
+        }
+    }
+    let garbage = Bytes::from_static(&[0xff; 24]);
+    assert!(read_transactional_request(ApiKey::TxnOffsetCommit, garbage, 3).is_err());
+    assert!(read_transactional_request(ApiKey::Fetch, Bytes::new(), 0).is_err(), "not a transactional API");
 }

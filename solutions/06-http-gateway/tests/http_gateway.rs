@@ -13,7 +13,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
 use serde_json::{Value, json};
 use solution_06::gateway::{Backoff, Gateway, GatewaySettings, MAX_BODY_BYTES, ShutdownReport, producer_config};
-use solution_06::{FieldError, PublishError, classify, keep_newest, newest_first, parse_body, validate_event};
+use solution_06::{
+    FieldError, MAX_USER_ID_CHARS, PublishError, classify, keep_newest, newest_first, parse_body, validate_event,
+};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -101,6 +103,11 @@ fn a_good_body_becomes_exactly_the_event_it_describes() {
     let again = validate(json!({ "user_id": "user-4", "event_type": "click" }));
     assert_ne!(click.event_id, again.event_id, "no event_id sent: each event gets a fresh one");
     assert_eq!(click.event_id.get_version_num(), 4, "a fresh id is a random (v4) UUID");
+
+    // The longest user id allowed is allowed: "at most MAX_USER_ID_CHARS characters", counted as characters.
+    let longest = "ü".repeat(MAX_USER_ID_CHARS);
+    let at_the_limit = validate(json!({ "user_id": longest, "event_type": "click" }));
+    assert_eq!(at_the_limit.user_id.chars().count(), MAX_USER_ID_CHARS, "a user id of exactly the maximum passes");
 }
 
 #[test]
