@@ -21,7 +21,9 @@
 //!   as the broker was told. Lesson 10 grades transactions with it on the embedded broker, whose consumers see
 //!   aborted records and which does not store transactional offset commits, so reading back shows little;
 //! - [`FaultProxy::crash_before_next_end_txn`] keeps the next EndTxn from the broker and cuts every connection
-//!   instead, for good: the client's process "died" after its transaction's sends and before its commit.
+//!   instead, for good: the client's process "died" after its transaction's sends and before its commit;
+//! - [`FaultProxy::fail_end_txn_requests`] answers the next EndTxn requests itself with an error (a producer fenced
+//!   while it commits or aborts) without forwarding them.
 //!
 //! Without faults it is also the way to give a broker a fixed address: [`FaultProxy::start_on`] binds its
 //! listeners on chosen ports, which is how `cargo xtask broker` publishes the embedded broker (whose own ports are
@@ -156,6 +158,8 @@ struct Shared {
     transactions: Mutex<Vec<TxnRequest>>,
     crash_at_end_txn: AtomicBool,
     end_txn_cut: AtomicU64,
+    /// Error codes to answer the next EndTxn requests with, one per request.
+    end_txn_errors: Mutex<VecDeque<i16>>,
 }
 
 impl FaultProxy {
@@ -201,6 +205,7 @@ impl FaultProxy {
             transactions: Mutex::new(Vec::new()),
             crash_at_end_txn: AtomicBool::new(false),
             end_txn_cut: AtomicU64::new(0),
+            end_txn_errors: Mutex::new(VecDeque::new()),
         });
         let port = listener_for(&shared, host, port)?;
         let bootstrap = format!("{}:{port}", shared.listen.host);
@@ -261,6 +266,13 @@ impl FaultProxy {
     /// times out) and the broker aborts it.
     pub fn crash_before_next_end_txn(&self) {
         self.shared.crash_at_end_txn.store(true, Ordering::SeqCst);
+    }
+
+    /// Answers the next EndTxn requests (commits or aborts), one per error, with these errors instead of
+    /// forwarding them: `INVALID_PRODUCER_EPOCH` is a producer fenced while it ends its transaction. Answered
+    /// requests count in [`ProxyStats::requests_failed`] and are not in the [`FaultProxy::transaction_log`].
+    pub fn fail_end_txn_requests(&self, errors: &[RDKafkaRespErr]) {
+        self.shared.end_txn_errors.lock().unwrap().extend(errors.iter().map(|e| *e as i16));
     }
 
     pub fn stats(&self) -> ProxyStats {
@@ -437,6 +449,17 @@ fn relay_requests(
             shared.close_connections();
             return Ok(());
         }
+        if api_key == Some(ApiKey::EndTxn) {
+            if let Some(code) = shared.end_txn_errors.lock().unwrap().pop_front() {
+                shared.requests_failed.fetch_add(1, Ordering::SeqCst);
+                tracing::debug!("fault proxy: answered EndTxn {} with error {code}", header.correlation_id);
+                waiting.synthetic = Some(end_txn_error_response(&header, code)?);
+                let mut answers = connection.answers.lock().unwrap();
+                answers.waiting.push_back(waiting);
+                answers.send_ready_synthetic()?;
+                continue;
+            }
+        }
         if let Some(api) = api_key.filter(|api| TRANSACTIONAL_APIS.contains(api)) {
             match read_transactional_request(api, body.clone(), header.request_api_version) {
                 Ok(Logged::Now(entry)) => shared.transactions.lock().unwrap().push(entry),
@@ -569,6 +592,13 @@ fn produce_error_response(header: &RequestHeader, request: &ProduceRequest, erro
     }
     let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
     wire::encode_response(ApiKey::Produce, header.request_api_version, &response_header, &response, &[])
+}
+
+/// The proxy's own answer to an EndTxn request: `error_code`, at the request's version.
+fn end_txn_error_response(header: &RequestHeader, error_code: i16) -> io::Result<Bytes> {
+    let response = EndTxnResponse::default().with_error_code(error_code);
+    let response_header = ResponseHeader::default().with_correlation_id(header.correlation_id);
+    wire::encode_response(ApiKey::EndTxn, header.request_api_version, &response_header, &response, &[])
 }
 
 /// Rewrites the broker list of a Metadata response (`frame` is header and body) so each broker's address is the

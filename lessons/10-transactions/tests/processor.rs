@@ -250,6 +250,31 @@ async fn a_batch_that_cannot_commit_is_aborted_and_processed_again() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_producer_fenced_while_it_aborts_stops_at_once() {
+    // The batch cannot commit (its outputs are refused), and the abort that follows is answered "fenced": another
+    // instance took over the transactional id meanwhile. That is fatal too: no retry, no rewind.
+    let stage = Stage::new(1).await;
+    publish_requests(&stage.input, &spread(1, &[3])).await;
+    let proxy = FaultProxy::start(broker().bootstrap_servers()).expect("fault proxy");
+    let producer = ready_producer(proxy.bootstrap_servers(), &unique("lesson10-inventory-service")).await;
+    let consumer = assigned_consumer(broker().bootstrap_servers(), &stage.group, &stage.input, 1);
+    proxy.fail_produce_requests(&[RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_PRODUCER_ID]);
+    proxy.fail_end_txn_requests(&[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_PRODUCER_EPOCH]);
+    let (c, p, output) = (Arc::clone(&consumer), Arc::clone(&producer), stage.output.clone());
+    let outcome = blocking(move || match process_batch(&c, &p, &output, &mut |r| reserve(r)) {
+        Err(BatchError::Fatal(e)) => Ok(e.rdkafka_error_code()),
+        other => Err(format!("{other:?}")),
+    })
+    .await;
+    let code = outcome.expect("a producer fenced while aborting is BatchError::Fatal");
+    assert!(
+        matches!(code, Some(RDKafkaErrorCode::Fenced | RDKafkaErrorCode::InvalidProducerEpoch)),
+        "fenced: {code:?}"
+    );
+    assert_eq!(proxy.stats().requests_failed, 2, "the refused write and the fenced abort: {:?}", proxy.stats());
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_fenced_instance_stops_and_its_successor_finishes() {
     let test = "a_fenced_instance_stops_and_its_successor_finishes";
     let stage = Stage::new(1).await;
