@@ -160,6 +160,8 @@ struct Shared {
     end_txn_cut: AtomicU64,
     /// Error codes to answer the next EndTxn requests with, one per request.
     end_txn_errors: Mutex<VecDeque<i16>>,
+    /// The `client.id` of every request's header, as clients name themselves to the broker.
+    client_ids: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl FaultProxy {
@@ -206,6 +208,7 @@ impl FaultProxy {
             crash_at_end_txn: AtomicBool::new(false),
             end_txn_cut: AtomicU64::new(0),
             end_txn_errors: Mutex::new(VecDeque::new()),
+            client_ids: Mutex::new(std::collections::BTreeSet::new()),
         });
         let port = listener_for(&shared, host, port)?;
         let bootstrap = format!("{}:{port}", shared.listen.host);
@@ -273,6 +276,12 @@ impl FaultProxy {
     /// requests count in [`ProxyStats::requests_failed`] and are not in the [`FaultProxy::transaction_log`].
     pub fn fail_end_txn_requests(&self, errors: &[RDKafkaRespErr]) {
         self.shared.end_txn_errors.lock().unwrap().extend(errors.iter().map(|e| *e as i16));
+    }
+
+    /// The client ids the requests through the proxy carried in their headers (a client's `client.id`, the name
+    /// the broker knows it by in its logs, quotas and group descriptions).
+    pub fn client_ids(&self) -> std::collections::BTreeSet<String> {
+        self.shared.client_ids.lock().unwrap().clone()
     }
 
     pub fn stats(&self) -> ProxyStats {
@@ -433,6 +442,9 @@ fn relay_requests(
         let frame = read_frame(&mut client)?;
         let mut body = frame.clone();
         let (api_key, header) = wire::decode_request_header(&mut body)?;
+        if let Some(client_id) = &header.client_id {
+            shared.client_ids.lock().unwrap().insert(client_id.to_string());
+        }
         let mut waiting = Waiting {
             correlation_id: header.correlation_id,
             api_key,

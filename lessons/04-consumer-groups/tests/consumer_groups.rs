@@ -11,7 +11,7 @@ use kit::events::sample_events;
 use kit::publish::publish_events;
 use kit_testing::{broker, unique, wait_until};
 use serde::Serialize;
-use lesson_04::{AssignmentChange, AssignmentLog, Member, RebalanceStage, Received, on_rebalance};
+use lesson_04::{AssignmentChange, AssignmentLog, Member, RebalanceStage, Received, join_group, on_rebalance};
 use uuid::Uuid;
 
 const ALL_PARTITIONS: [i32; 3] = [0, 1, 2];
@@ -168,8 +168,10 @@ fn logged_during(during: impl FnOnce()) -> String {
 
 #[test]
 fn each_callback_records_at_its_stage_and_only_then() {
-    // librdkafka's two calls per change, made by hand: the revocation counts before it is applied, the
-    // assignment after; the other call of each pair, an empty list and an error change nothing.
+    // librdkafka's two calls per change, made by hand one at a time, with the log checked after each: the
+    // revocation counts before it is applied (the member still owns the partitions), the assignment after; the
+    // other call of each pair, an empty list and an error change nothing.
+    use rdkafka::consumer::Rebalance::{Assign, Revoke};
     let mut list = rdkafka::TopicPartitionList::new();
     list.add_partition("orders", 2);
     list.add_partition("orders", 0);
@@ -177,24 +179,35 @@ fn each_callback_records_at_its_stage_and_only_then() {
     let error = rdkafka::consumer::Rebalance::Error(rdkafka::error::KafkaError::Rebalance(
         rdkafka::types::RDKafkaErrorCode::Fail,
     ));
+    let assigned = AssignmentChange::Assigned(vec![0, 2]);
+    let revoked = AssignmentChange::Revoked(vec![0, 2]);
     let log = AssignmentLog::default();
     let logged = logged_during(|| {
-        use rdkafka::consumer::Rebalance::{Assign, Revoke};
-        on_rebalance("member-a", &log, RebalanceStage::Before, &Assign(&list));
-        on_rebalance("member-a", &log, RebalanceStage::After, &Assign(&list));
-        on_rebalance("member-a", &log, RebalanceStage::After, &Assign(&empty));
-        on_rebalance("member-a", &log, RebalanceStage::Before, &Revoke(&empty));
-        on_rebalance("member-a", &log, RebalanceStage::Before, &error);
-        on_rebalance("member-a", &log, RebalanceStage::After, &error);
-        on_rebalance("member-a", &log, RebalanceStage::Before, &Revoke(&list));
-        on_rebalance("member-a", &log, RebalanceStage::After, &Revoke(&list));
+        let steps: [(RebalanceStage, &rdkafka::consumer::Rebalance<'_>, &str, Vec<AssignmentChange>); 8] = [
+            (RebalanceStage::Before, &Assign(&list), "before an assignment is applied", vec![]),
+            (RebalanceStage::After, &Assign(&list), "once the assignment is applied", vec![assigned.clone()]),
+            (RebalanceStage::After, &Assign(&empty), "an empty assignment", vec![assigned.clone()]),
+            (RebalanceStage::Before, &Revoke(&empty), "an empty revocation", vec![assigned.clone()]),
+            (RebalanceStage::Before, &error, "an error, before", vec![assigned.clone()]),
+            (RebalanceStage::After, &error, "an error, after", vec![assigned.clone()]),
+            (
+                RebalanceStage::Before,
+                &Revoke(&list),
+                "before a revocation is applied (the member still owns the partitions)",
+                vec![assigned.clone(), revoked.clone()],
+            ),
+            (
+                RebalanceStage::After,
+                &Revoke(&list),
+                "once the revocation is applied",
+                vec![assigned.clone(), revoked.clone()],
+            ),
+        ];
+        for (stage, rebalance, when, expected) in steps {
+            on_rebalance("member-a", &log, stage, rebalance);
+            assert_eq!(log.changes(), expected, "the log after the callback at {stage:?}, {when}");
+        }
     });
-    assert_eq!(
-        log.changes(),
-        vec![AssignmentChange::Assigned(vec![0, 2]), AssignmentChange::Revoked(vec![0, 2])],
-        "one assignment (after it is applied) and one revocation (before), partitions in order; nothing for the \
-         other stage, an empty list or an error"
-    );
     assert!(log.owned().is_empty(), "after the revocation the member owns nothing");
     drop(list);
     drop(empty);
@@ -204,4 +217,30 @@ fn each_callback_records_at_its_stage_and_only_then() {
         error_lines.iter().any(|line| line.contains("member-a")),
         "a rebalance error is logged, naming the member; the log was:\n{logged}"
     );
+}
+
+#[tokio::test]
+async fn a_member_is_known_to_the_broker_by_its_name() {
+    // The broker learns a client's name from the `client.id` in the header of each of its requests: the proxy in
+    // front of the broker reads it there.
+    let topic = unique("lesson04-named");
+    broker().create_topic(&topic, 1).await.unwrap();
+    let proxy = kit::FaultProxy::start(broker().bootstrap_servers()).expect("fault proxy");
+    let bootstrap = proxy.bootstrap_servers().to_string();
+    let kind = broker().kind();
+    let via_proxy = tokio::task::spawn_blocking(move || {
+        kit::Broker::connect(kind, bootstrap, "the test's fault proxy".into()).expect("the broker through the proxy")
+    })
+    .await
+    .unwrap();
+    let name = format!("member-{}", unique("named"));
+    let member =
+        join_group(&via_proxy, &unique("lesson04-named"), &topic, &name, Default::default()).expect("join_group");
+    let seen = wait_until("a request from the member", WAIT, || async {
+        let ids = proxy.client_ids();
+        ids.contains(&name).then_some(ids)
+    })
+    .await;
+    assert!(seen.contains(&name), "{seen:?}");
+    drop(member);
 }
