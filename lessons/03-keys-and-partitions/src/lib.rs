@@ -100,8 +100,8 @@ pub fn user_layout(records: &[ReadRecord]) -> anyhow::Result<BTreeMap<String, Us
     // TODO(lesson 03): Describe each user's events as the topic holds them, from the records a reader got back (each payload
     // a `UserEvent` as JSON). Per user: how many events, in which partitions, and `in_order` — true only when one
     // partition holds them all and, read in log order (by partition, then offset), their `timestamp`s never go
-    // backwards. A payload that is not an event is an error that names its partition and offset. The tests give you
-    // keyed and unkeyed read-backs, and hand-made records in and out of order.
+    // backwards. A record whose payload is missing or is not an event is an error that names its partition and offset.
+    // The tests give you keyed and unkeyed read-backs, and hand-made records in and out of order.
     todo!("lesson 03: write `user_layout` (the TODO above says what it must do; `cargo xtask hint 03` helps)")
 }
 // ANCHOR_END: user_layout

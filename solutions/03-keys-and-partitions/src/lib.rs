@@ -112,8 +112,8 @@ pub fn partition_counts(placements: &[Placement]) -> BTreeMap<i32, usize> {
 // EXERCISE: Describe each user's events as the topic holds them, from the records a reader got back (each payload
 // a `UserEvent` as JSON). Per user: how many events, in which partitions, and `in_order` — true only when one
 // partition holds them all and, read in log order (by partition, then offset), their `timestamp`s never go
-// backwards. A payload that is not an event is an error that names its partition and offset. The tests give you
-// keyed and unkeyed read-backs, and hand-made records in and out of order.
+// backwards. A record whose payload is missing or is not an event is an error that names its partition and offset.
+// The tests give you keyed and unkeyed read-backs, and hand-made records in and out of order.
 // ANCHOR: user_layout
 /// Each user's events as the topic holds them: how many, in which partitions, and whether in order.
 pub fn user_layout(records: &[ReadRecord]) -> anyhow::Result<BTreeMap<String, UserLayout>> {

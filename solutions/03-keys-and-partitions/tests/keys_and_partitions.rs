@@ -140,3 +140,36 @@ fn a_layout_is_in_order_only_in_one_partition_with_time_moving_forward() {
     let error = user_layout(&broken).expect_err("a payload that is not an event is an error").to_string();
     assert!(error.contains("partition 1") && error.contains("offset 1"), "the error names the record: {error}");
 }
+
+#[test]
+fn equal_timestamps_are_in_order_since_time_did_not_go_backwards() {
+    let mut same_moment = vec![record(0, 0, 1, 2), record(0, 1, 1, 2)];
+    // Two different actions of the user, at the same instant.
+    let mut second: kit::UserEvent = serde_json::from_str(same_moment[1].payload.as_deref().unwrap()).unwrap();
+    second.event_id = uuid::Uuid::from_u128(0x0303);
+    same_moment[1].payload = Some(second.to_json());
+    let layout = user_layout(&same_moment).unwrap();
+    assert_eq!(layout["user-1"].events, 2);
+    assert!(layout["user-1"].in_order, "two events with the same timestamp: time did not go backwards, so in order");
+}
+
+#[test]
+fn log_order_is_by_partition_then_offset_whatever_order_the_records_come_in() {
+    // One partition's records handed over with their offsets reversed: the log holds the earlier action first.
+    let in_log_order = vec![record(0, 1, 1, 4), record(0, 0, 1, 1)];
+    let layout = user_layout(&in_log_order).unwrap();
+    assert!(layout["user-1"].in_order, "offset 0 holds the earlier action, offset 1 the later: in order");
+
+    // And the other way round: the log holds the later action first, however the records were handed over.
+    let out_of_log_order = vec![record(0, 1, 1, 1), record(0, 0, 1, 4)];
+    let layout = user_layout(&out_of_log_order).unwrap();
+    assert!(!layout["user-1"].in_order, "offset 0 holds the later action, offset 1 the earlier: out of order");
+}
+
+#[test]
+fn a_record_without_a_payload_is_an_error_naming_its_place() {
+    let mut records = vec![record(0, 0, 1, 0), record(2, 7, 1, 1)];
+    records[1].payload = None;
+    let error = user_layout(&records).expect_err("a record with no payload is not an event: an error").to_string();
+    assert!(error.contains("partition 2") && error.contains("offset 7"), "the error names the record: {error}");
+}
