@@ -103,3 +103,23 @@ async fn each_delivery_report_says_where_the_event_really_is() {
     insta::assert_json_snapshot!("partition_of_each_users_events", placement);
     let _: &[Delivery] = &reports;
 }
+
+#[tokio::test]
+async fn a_failed_delivery_is_an_error_naming_the_event() {
+    // Nothing listens on port 1: no send can be delivered, and the lowered timeout makes the delivery fail in 2 s.
+    let mut config = producer_config("127.0.0.1:1");
+    config.set("message.timeout.ms", "2000").set("delivery.timeout.ms", "2000");
+    let producer: FutureProducer = config.create().unwrap();
+    let event = sample_events(7, 1, 1).remove(0);
+    let result =
+        tokio::time::timeout(Duration::from_secs(30), send_event(&producer, &unique("lesson01-nowhere"), &event))
+            .await
+            .expect("send_event did not return within 30 s of a delivery that cannot succeed");
+    let error = result.expect_err("nothing listens at 127.0.0.1:1: the delivery cannot have succeeded");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains(&event.event_id.to_string()),
+        "the error must name the event (its event_id {}), got: {text}",
+        event.event_id
+    );
+}

@@ -20,6 +20,14 @@ fn the_config_joins_the_group_and_starts_from_the_earliest_record() {
         "a new group must start from the first record, not only see new ones"
     );
     assert_eq!(config.get("bootstrap.servers"), Some(broker.bootstrap_servers()), "start from broker.consumer_base()");
+    for (key, value) in broker.consumer_base().config_map() {
+        assert_eq!(
+            config.get(key),
+            Some(value),
+            "{key} must keep consumer_base()'s value: build on broker.consumer_base(), which tunes the group for \
+             this broker"
+        );
+    }
 }
 
 #[test]
@@ -46,6 +54,25 @@ fn records_become_events_and_broken_ones_say_why() {
         })
         .collect();
     insta::assert_json_snapshot!("why_records_were_rejected", reasons);
+    let zero_bytes = parse_event(Some(b"".as_slice())).expect_err("zero bytes are not an event");
+    assert!(
+        matches!(zero_bytes, MalformedEvent::Invalid(_)),
+        "zero bytes are a payload that is not an event (Invalid); Empty is for a record with no payload at all: \
+         got {zero_bytes:?}"
+    );
+}
+
+#[tokio::test]
+async fn asked_for_no_events_consume_returns_at_once() {
+    let broker = broker();
+    // Not even subscribed: nothing can arrive, so a loop that waits for a record before looking at the count never
+    // returns, and the shutdown never fires.
+    let consumer: StreamConsumer = consumer_config(broker, &unique("lesson02-none")).create().unwrap();
+    let consumed = tokio::time::timeout(Duration::from_secs(10), consume(&consumer, 0, std::future::pending()))
+        .await
+        .expect("consume(.., 0, ..) did not return within 10 s: zero events are read before any record arrives");
+    assert_eq!(consumed.stopped_by, StopReason::Count, "max_events = 0 is reached before the first record");
+    assert!(consumed.events.is_empty() && consumed.skipped.is_empty(), "nothing is read: {consumed:?}");
 }
 
 #[tokio::test]

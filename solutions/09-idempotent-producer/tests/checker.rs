@@ -115,3 +115,26 @@ fn a_record_outside_the_sequence_is_reported_not_skipped() {
     assert!(!check.once_and_in_order(), "a log with a stranger in it is not clean");
     assert!(check.keys.values().all(|k| k.missing.is_empty()), "the readable records are all accounted for");
 }
+
+#[test]
+fn out_of_order_is_measured_against_the_highest_number_seen() {
+    // 3 overtook 1 and 2: both first arrived after a higher number, though 2 follows 1.
+    let entries = vec![
+        (0, "user-1", 0),
+        (0, "user-1", 3),
+        (0, "user-1", 1),
+        (0, "user-1", 2),
+        (1, "user-2", 0),
+        (1, "user-2", 1),
+        (1, "user-2", 2),
+        (1, "user-2", 3),
+    ];
+    let check = check_once_in_order(&log(&entries), KEYS, 4);
+    assert_eq!(
+        check.keys["user-1"].out_of_order,
+        vec![1, 2],
+        "in 0 3 1 2, both 1 and 2 first arrive after 3, a higher number: {check:?}"
+    );
+    assert!(check.keys["user-2"].out_of_order.is_empty(), "user-2 is in order: {check:?}");
+    assert!(!check.once_and_in_order(), "a reordered log does not pass");
+}

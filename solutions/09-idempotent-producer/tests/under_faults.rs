@@ -347,3 +347,22 @@ async fn late_acks_are_retried_and_written_once() {
     assert!(proxy.stats().acks_delayed > 0, "{:?}", proxy.stats());
     assert_retried_without_loss(&read, per_key, test, "after late acks");
 }
+
+#[tokio::test]
+async fn a_record_that_cannot_be_delivered_is_an_error_naming_it() {
+    // Nothing listens on port 1: the record cannot be delivered, and the lowered bound makes it fail in 2 s.
+    let mut config = producer_config("127.0.0.1:1");
+    config.set("message.timeout.ms", "2000").set("delivery.timeout.ms", "2000");
+    let producer: FutureProducer = config.create().unwrap_or_else(|e| panic!("librdkafka refuses the config: {e}"));
+    let records = [Numbered { key: "user-7".to_string(), seq: 41 }];
+    let result =
+        tokio::time::timeout(Duration::from_secs(30), send_numbered(&producer, &unique("lesson09-nowhere"), &records))
+            .await
+            .expect("send_numbered did not return within 30 s of a record that cannot be delivered");
+    let error = result.expect_err("nothing listens at 127.0.0.1:1: the record cannot have been delivered");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("user-7") && text.contains("41"),
+        "the error must name the record that failed (key user-7, seq 41), got: {text}"
+    );
+}
