@@ -180,7 +180,7 @@ pub async fn publish(producer: &FutureProducer, topic: &str, event: &UserEvent) 
     // order, and the payload is `event.to_json()`. A full local queue is an answer (a 503), not a reason to hold the
     // HTTP request: use `QUEUE_TIMEOUT`. Return where the record was stored, from the delivery report, or the failure
     // sorted by `classify`. The tests find each accepted event where its 202 said, and expect a 503 — not a hang —
-    // when nothing listens at the broker's address.
+    // when nothing listens at the broker's address, and at once when the local queue is full.
     todo!("lesson 06: write `publish` (the TODO above says what it must do; `cargo xtask hint 06` helps)")
 }
 // ANCHOR_END: publish

@@ -10,11 +10,12 @@ use kit::{EventType, UserEvent};
 use kit_testing::{broker, read_topic, unique, wait_until};
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 use serde_json::{Value, json};
 use lesson_06::gateway::{Backoff, Gateway, GatewaySettings, MAX_BODY_BYTES, ShutdownReport, producer_config};
 use lesson_06::{
-    FieldError, MAX_USER_ID_CHARS, PublishError, classify, keep_newest, newest_first, parse_body, validate_event,
+    FieldError, MAX_USER_ID_CHARS, PublishError, classify, keep_newest, newest_first, parse_body, publish,
+    validate_event,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -396,4 +397,44 @@ async fn a_bad_query_string_is_a_400_that_names_the_parameter() {
     assert_eq!((status, &answer["messages"]), (200, &json!([])), "?limit=5 is served: {answer}");
 
     let _ = shut_down(served).await;
+}
+
+#[tokio::test]
+async fn a_full_local_queue_is_a_503_at_once_not_a_held_request() {
+    // A producer whose local queue holds one record, aimed where nothing listens: the record stays queued.
+    let nobody = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &nobody)
+        .set("log_level", "0")
+        .set("queue.buffering.max.messages", "1")
+        .set("message.timeout.ms", "60000")
+        .create()
+        .unwrap();
+    let topic = unique("lesson06-full-queue");
+
+    // The first event fills the queue: polled once, its send is queued and waits for an ack that cannot come.
+    let first_event = UserEvent::click("user-1");
+    let mut first = std::pin::pin!(publish(&producer, &topic, &first_event));
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(answer) = first.as_mut().poll(cx) {
+            panic!("nothing listens at {nobody}, yet the first publish already answered: {answer:?}");
+        }
+        std::task::Poll::Ready(())
+    })
+    .await;
+    // (The count also holds librdkafka's own pending requests and events, so it is at least one.)
+    assert!(producer.in_flight_count() >= 1, "the first event waits in the producer's local queue");
+
+    // The second finds the queue full: the answer is a 503 now. The bound only stops a held request from hanging
+    // the test; it is well under any wait a publish could choose for room in the queue.
+    let second_event = UserEvent::click("user-2");
+    let answer = tokio::time::timeout(Duration::from_secs(2), publish(&producer, &topic, &second_event))
+        .await
+        .expect("with the local queue full, publish held the request instead of answering 503 at once");
+    match answer {
+        Err(PublishError::Unavailable { reason }) => {
+            assert!(reason.to_lowercase().contains("queue"), "the reason says the queue is full: {reason}")
+        }
+        other => panic!("a full local queue is Unavailable (503), got {other:?}"),
+    }
 }
