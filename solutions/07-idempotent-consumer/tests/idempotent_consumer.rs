@@ -326,3 +326,48 @@ fn committed_offsets(consumer: &StreamConsumer, topic: &str) -> BTreeMap<i32, i6
     drop(committed);
     offsets
 }
+
+#[tokio::test]
+async fn a_record_that_is_not_an_event_stops_the_loop_uncommitted() {
+    let broker = broker();
+    let topic = unique("lesson07-user-events");
+    let group = unique("lesson07-aggregator");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let (mut store, _cleanup) = fresh_store(DEFAULT_PROCESSED_TTL).await;
+    let events = sample_events(72, 6, 2);
+    kit::publish::publish_events(broker, &topic, &events).await.unwrap();
+    // After the valid events, one record that is not an event at all, at offset `events.len()`.
+    let producer: rdkafka::producer::FutureProducer = broker.producer_config().create().unwrap();
+    producer
+        .send(
+            rdkafka::producer::FutureRecord::to(&topic).key("user-1").payload("{not an event"),
+            Duration::from_secs(5),
+        )
+        .await
+        .map_err(|(error, _)| error)
+        .expect("the bad record is written");
+    let bad_offset = i64::try_from(events.len()).unwrap();
+
+    let worker: StreamConsumer = consumer_config(broker, &group).create().unwrap();
+    worker.subscribe(&[&topic]).unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(60),
+        consume(&worker, &mut store, Until { records: events.len() + 1, idle: Duration::from_secs(20) }),
+    )
+    .await
+    .expect("consume did not return within 60 s");
+    assert!(outcome.is_err(), "a record decode refuses ends the loop with that error; consume returned {outcome:?}");
+    let mut wanted = rdkafka::TopicPartitionList::new();
+    wanted.add_partition(&topic, 0);
+    let committed = worker.committed_offsets(wanted, Duration::from_secs(10)).expect("committed offsets");
+    let committed_offset = committed.elements().first().and_then(|e| e.offset().to_raw());
+    drop(committed);
+    assert_eq!(
+        committed_offset,
+        Some(bad_offset),
+        "every event before the bad record is committed, and the bad record is not: the group's offset is the bad \
+         record's ({bad_offset})"
+    );
+    drop(worker);
+    assert_eq!(store.all_aggregates().await.unwrap(), Aggregates::expected(&events), "the valid events count once");
+}
