@@ -103,8 +103,8 @@ impl FailureKind {
 
 // EXERCISE: Validate a record's payload into a `UserEvent`, or say why it is not one (the reason goes into the DLQ
 // header). Refuse: a missing payload; anything that does not parse as a `UserEvent` (not JSON, wrong types,
-// missing fields); an empty `user_id`; a purchase without `amount_cents` or with 0; a click that carries an
-// amount. The tests hide four such records among valid events.
+// missing fields); a blank `user_id` (empty or only whitespace); a purchase without `amount_cents` or with 0; a
+// click that carries an amount. The tests hide four such records among valid events.
 // ANCHOR: validate
 /// The event in `payload`, or the reason it is invalid.
 pub fn validate(payload: Option<&[u8]>) -> Result<UserEvent, String> {
@@ -157,10 +157,11 @@ pub async fn handle<P: Processor>(payload: Option<&[u8]>, processor: &mut P, pol
 }
 // ANCHOR_END: handle
 
-// EXERCISE: Write `message` to `dlq_topic` unchanged — same key, same payload, byte for byte — with headers (names
-// in `header`) for the failure kind, the reason, the attempts, and the original topic, partition and offset.
-// Return only once the broker has stored the dead letter: the caller commits the original right after. The tests
-// read the DLQ back and compare keys, payloads and every header with the poison records they wrote.
+// EXERCISE: Write `message` to `dlq_topic` unchanged — same key (none if it had none), same payload, byte for
+// byte — with headers (names in `header`) for the failure kind, the reason, the attempts, and the original topic,
+// partition and offset. Return only once the broker has stored the dead letter (an error if it could not): the
+// caller commits the original right after. The tests read the DLQ back and compare keys, payloads and every
+// header with the poison records they wrote, and give you a producer whose broker never answers.
 // ANCHOR: dead_letter
 /// Copies `message` to the dead-letter topic with the reason in its headers.
 pub async fn dead_letter(

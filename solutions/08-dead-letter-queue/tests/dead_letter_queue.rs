@@ -11,8 +11,8 @@ use kit_testing::{ReadRecord, broker, read_topic, unique};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use solution_08::{
-    Disposition, FailureKind, Jitter, Processor, RetryPolicy, RunReport, Until, consumer_config, handle, header,
-    replay, run, validate,
+    Disposition, FailureKind, Jitter, Processor, RetryPolicy, RunReport, Until, consumer_config, dead_letter, handle,
+    header, replay, run, validate,
 };
 use uuid::Uuid;
 
@@ -156,6 +156,7 @@ fn validate_refuses_every_kind_of_invalid_event_and_accepts_valid_ones() {
         ("a wrong type", Some(with(&|json| json["amount_cents"] = serde_json::json!("five euros")))),
         ("missing fields", Some(serde_json::json!({"event_type": "click"}).to_string().into_bytes())),
         ("an empty user_id", Some(with(&|json| json["user_id"] = serde_json::json!("")))),
+        ("a blank user_id", Some(with(&|json| json["user_id"] = serde_json::json!(" \t  ")))),
         (
             "a purchase without amount_cents",
             Some(with(&|json| {
@@ -251,9 +252,11 @@ async fn transient_failures_are_retried_and_only_persistent_ones_dead_lettered()
     assert_eq!(header_of(letter, header::ATTEMPTS), "3");
     // The reason's wording is the learner's; what it must say is checked here, and the snapshot keeps the rest.
     let reason = header_of(letter, header::REASON);
+    // The error's own text says "attempt 3": the attempts must be named outside it too.
+    let last_error = "store unavailable (attempt 3)";
     assert!(
-        reason.contains('3') && reason.contains("store unavailable (attempt 3)"),
-        "the reason names the attempts (3) and the last error (\"store unavailable (attempt 3)\"): {reason:?}"
+        reason.contains(last_error) && reason.replace(last_error, "").contains('3'),
+        "the reason names the attempts (3), besides the last error ({last_error:?}): {reason:?}"
     );
     let headers: BTreeMap<&str, &str> = letter
         .headers
@@ -294,4 +297,91 @@ async fn a_replay_moves_dead_letters_back_to_their_topic() {
         after[all.len()..].iter().map(|r| (r.key.clone().unwrap(), r.payload.clone().unwrap())).collect();
     assert_eq!(replayed, poison, "the dead letters are back in their topic, key and payload unchanged");
     assert!(after[all.len()..].iter().all(|r| r.headers.is_empty()), "replayed records carry no DLQ headers");
+}
+
+/// Every record of partition 0 of `topic`, raw: key and payload as bytes, headers by name.
+async fn read_raw(topic: &str, expected: usize) -> Vec<rdkafka::message::OwnedMessage> {
+    use futures::StreamExt;
+    let consumer: StreamConsumer = consumer_config(broker(), &unique("lesson08-raw-reader")).create().unwrap();
+    {
+        let mut assignment = rdkafka::TopicPartitionList::new();
+        assignment.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+        consumer.assign(&assignment).unwrap();
+    }
+    let mut stream = consumer.stream();
+    let mut records = Vec::new();
+    while records.len() < expected {
+        let message = tokio::time::timeout(Duration::from_secs(20), stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {expected} records in {topic} within 20 s", records.len()))
+            .expect("stream open")
+            .expect("record");
+        records.push(message.detach());
+    }
+    records
+}
+
+#[tokio::test]
+async fn a_dead_letter_keeps_the_key_or_its_absence_and_the_payload_byte_for_byte() {
+    use rdkafka::Message;
+    use rdkafka::message::{Headers, OwnedMessage, Timestamp};
+    let (topic, dlq, _) = setup(1).await;
+    let producer: FutureProducer = broker().producer_config().create().unwrap();
+    let originals = [
+        // not UTF-8: a copy through a string would alter it
+        OwnedMessage::new(
+            Some(b"\xff\xfe{".to_vec()),
+            Some(b"user-9".to_vec()),
+            topic.clone(),
+            Timestamp::NotAvailable,
+            0,
+            41,
+            None,
+        ),
+        // no key: the dead letter has none either (an empty key is a key)
+        OwnedMessage::new(Some(b"{not json".to_vec()), None, topic.clone(), Timestamp::NotAvailable, 0, 42, None),
+    ];
+    for original in &originals {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            dead_letter(&producer, &dlq, original, FailureKind::Invalid, "not a user event", 0),
+        )
+        .await
+        .expect("dead_letter did not return within 30 s")
+        .expect("dead_letter failed");
+    }
+    let letters = read_raw(&dlq, originals.len()).await;
+    for (letter, original) in letters.iter().zip(&originals) {
+        assert_eq!(letter.payload(), original.payload(), "the dead letter keeps the payload byte for byte");
+        assert_eq!(letter.key(), original.key(), "the dead letter keeps the key, or its absence");
+        let offset = letter.headers().and_then(|hs| hs.iter().find(|h| h.key == header::ORIGINAL_OFFSET)?.value);
+        assert_eq!(offset, Some(original.offset().to_string().as_bytes()), "the original offset is in a header");
+    }
+}
+
+#[tokio::test]
+async fn dead_letter_returns_only_once_the_broker_has_the_record() {
+    // A producer whose broker never answers: the dead letter cannot be stored, so dead_letter must say so (an Err),
+    // not return Ok after handing the record to the producer's queue.
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:1")
+        .set("message.timeout.ms", "2000")
+        .create()
+        .unwrap();
+    let original = rdkafka::message::OwnedMessage::new(
+        Some(b"{not json".to_vec()),
+        Some(b"user-9".to_vec()),
+        unique("lesson08-user-events"),
+        rdkafka::message::Timestamp::NotAvailable,
+        0,
+        7,
+        None,
+    );
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        dead_letter(&producer, &unique("lesson08-dlq"), &original, FailureKind::Invalid, "not a user event", 0),
+    )
+    .await
+    .expect("dead_letter did not return within 30 s of its broker being unreachable");
+    assert!(outcome.is_err(), "no broker stored the dead letter, yet dead_letter returned {outcome:?}");
 }
