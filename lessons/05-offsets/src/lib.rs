@@ -124,8 +124,9 @@ pub async fn process_then_commit(
 /// Rewinds (or fast-forwards) `consumer` to `offset` of one partition.
 pub fn replay_from(consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) -> anyhow::Result<()> {
     // TODO(lesson 05): Point `consumer` at `offset` of `topic`/`partition` so that its next records replay the log from
-    // exactly there, whatever the group committed and without waiting for a rebalance. The tests replay from offset 4
-    // and expect offsets 4–9, with the same events as the first read.
+    // exactly there, whatever the group committed and without waiting for a rebalance, whether or not it has any partition
+    // assigned yet. The tests replay from offset 4, on a consumer that has read the log and on a fresh one, and expect
+    // offsets 4–9, with the same events as the first read.
     todo!("lesson 05: write `replay_from` (the TODO above says what it must do; `cargo xtask hint 05` helps)")
 }
 // ANCHOR_END: replay_from

@@ -263,3 +263,26 @@ fn auto_commit_runs_every_auto_commit_interval_and_only_when_asked() {
         "Commits::AfterProcessing never commits on its own"
     );
 }
+
+#[tokio::test]
+async fn replaying_needs_no_assignment_and_ignores_what_the_group_committed() {
+    let (topic, ids) = topic_with_events(1, 57, 10).await;
+    let group = unique("lesson05-replay-fresh");
+    // The group has committed offset 8: a consumer resuming from it would read offsets 8 and 9 only.
+    {
+        let committer = consumer(&group, StartFrom::Earliest, Commits::AfterProcessing);
+        let mut progress = TopicPartitionList::new();
+        progress.add_partition_offset(&topic, 0, Offset::Offset(8)).unwrap();
+        committer.commit(&progress, CommitMode::Sync).unwrap();
+        close(committer).await;
+    }
+
+    // A fresh consumer of that group, with no partition assigned yet and no rebalance to wait for.
+    let reader = consumer(&group, StartFrom::Earliest, Commits::AfterProcessing);
+    replay_from(&reader, &topic, 0, 4).expect("replaying works on a consumer that has no assignment yet");
+    let replay = bounded(receive(&reader, 6)).await;
+    assert_eq!(offsets(&replay), (4..10).collect::<Vec<_>>(), "the replay starts exactly at offset 4, not at 8");
+    let replayed: Vec<Uuid> = replay.iter().map(|h| h.event_id).collect();
+    assert_eq!(replayed, ids[4..].to_vec(), "the replay reads the events stored at offsets 4–9");
+    close(reader).await;
+}

@@ -142,8 +142,9 @@ pub async fn process_then_commit(
 // ANCHOR_END: process_then_commit
 
 // EXERCISE: Point `consumer` at `offset` of `topic`/`partition` so that its next records replay the log from
-// exactly there, whatever the group committed and without waiting for a rebalance. The tests replay from offset 4
-// and expect offsets 4–9, with the same events as the first read.
+// exactly there, whatever the group committed and without waiting for a rebalance, whether or not it has any partition
+// assigned yet. The tests replay from offset 4, on a consumer that has read the log and on a fresh one, and expect
+// offsets 4–9, with the same events as the first read.
 // ANCHOR: replay_from
 /// Rewinds (or fast-forwards) `consumer` to `offset` of one partition.
 pub fn replay_from(consumer: &StreamConsumer, topic: &str, partition: i32, offset: i64) -> anyhow::Result<()> {
