@@ -242,5 +242,7 @@ async fn a_member_is_known_to_the_broker_by_its_name() {
     })
     .await;
     assert!(seen.contains(&name), "{seen:?}");
-    drop(member);
+    // Closing a member leaves its group through the proxy, which can outlast the test on a loaded machine; this
+    // test is about its first requests only, so the member is left to the end of the test's process.
+    std::mem::forget(member);
 }
