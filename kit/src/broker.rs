@@ -69,6 +69,9 @@ pub enum Capability {
     ProducerFencing,
     /// The CreateTopics/DeleteTopics admin API (the mock creates topics through its own API only).
     AdminTopics,
+    /// Log compaction: on a topic with `cleanup.policy=compact` the broker's log cleaner keeps only the latest
+    /// record of each key (the mock keeps every record and ignores topic configs).
+    Compaction,
     /// Injecting request errors, broker outages and slow responses from inside the broker: only the in-process
     /// mock can. Lost and late acks can be injected in front of any broker with [`crate::FaultProxy`].
     FaultInjection,
@@ -87,6 +90,7 @@ impl Capability {
             }
             Capability::ProducerFencing => "fencing a producer when another starts with its transactional id",
             Capability::AdminTopics => "the CreateTopics admin API",
+            Capability::Compaction => "log compaction (only the latest record per key kept)",
             Capability::FaultInjection => "fault injection (the in-process embedded broker)",
             Capability::BrokerOutage => "a private cluster to take down (in-process, or Kafka on this machine's JVM)",
         }
@@ -222,7 +226,8 @@ impl Broker {
             | Capability::TransactionalOffsetCommits
             | Capability::IdempotentSequenceChecks
             | Capability::ProducerFencing
-            | Capability::AdminTopics => self.kind.is_real_kafka(),
+            | Capability::AdminTopics
+            | Capability::Compaction => self.kind.is_real_kafka(),
         }
     }
 
@@ -280,17 +285,23 @@ impl Broker {
         self.create_topic_with(name, partitions, &[]).await
     }
 
-    /// Creates a topic from the workbook's manifest, with its retention and compression on real Kafka.
+    /// Creates a topic from the workbook's manifest, with its retention, compression and cleanup policy on real
+    /// Kafka.
     pub async fn create_topic_spec(&self, spec: &TopicSpec) -> anyhow::Result<()> {
         let retention = spec.retention_ms.map(|ms| ms.to_string());
         let mut configs = vec![("compression.type", spec.compression.to_string())];
         if let Some(ms) = retention {
             configs.push(("retention.ms", ms));
         }
+        if spec.compacted {
+            configs.push(("cleanup.policy", "compact".to_string()));
+        }
         self.create_topic_with(spec.name, spec.partitions, &configs).await
     }
 
-    async fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, String)]) -> anyhow::Result<()> {
+    /// Creates `name` with `partitions` partitions and the topic configs `configs` (`cleanup.policy`,
+    /// `segment.ms`, …), which only real Kafka applies; the mock creates the topic and ignores them.
+    pub async fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, String)]) -> anyhow::Result<()> {
         if let Some(cluster) = &self.embedded {
             cluster.create_topic(name, partitions)?;
         } else if self.kind.is_real_kafka() {

@@ -88,6 +88,9 @@ fn common_settings(replicas: u16, min_isr: u16) -> Vec<(&'static str, String)> {
         // A group's first rebalance starts at once instead of waiting 3 s for more members.
         ("group.initial.rebalance.delay.ms", "0".into()),
         ("num.partitions", "3".into()),
+        // The log cleaner looks for compactable logs every second instead of every 15 s, so that a compacted
+        // topic (lesson 11's snapshots) shows compaction while a learner watches.
+        ("log.cleaner.backoff.ms", "1000".into()),
         // The workbook creates its topics explicitly: a typo in a topic name is an error, not a new topic.
         ("auto.create.topics.enable", "false".into()),
     ]

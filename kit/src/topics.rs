@@ -16,6 +16,9 @@ pub struct TopicSpec {
     pub retention_ms: Option<i64>,
     /// `compression.type` set on the topic (the broker recompresses if producers differ).
     pub compression: &'static str,
+    /// `cleanup.policy=compact` on real Kafka: the log cleaner keeps the latest record of each key (lesson 11's
+    /// snapshots). `false` is the default policy, `delete`: whole segments go when retention ends.
+    pub compacted: bool,
     /// What the topic is for, shown by `cargo xtask topics`.
     pub purpose: &'static str,
 }
@@ -28,6 +31,7 @@ pub const USER_EVENTS: TopicSpec = TopicSpec {
     partitions: 3,
     retention_ms: Some(7 * DAY_MS),
     compression: "lz4",
+    compacted: false,
     purpose: "user clicks and purchases, keyed by user_id",
 };
 // ANCHOR_END: manifest
@@ -38,6 +42,7 @@ pub const USER_EVENTS_DLQ: TopicSpec = TopicSpec {
     partitions: 1,
     retention_ms: Some(30 * DAY_MS),
     compression: "lz4",
+    compacted: false,
     purpose: "dead letters from user-events, kept longer for inspection and replay",
 };
 
@@ -47,6 +52,7 @@ pub const USER_EVENTS_UNKEYED: TopicSpec = TopicSpec {
     partitions: 3,
     retention_ms: Some(DAY_MS),
     compression: "lz4",
+    compacted: false,
     purpose: "lesson 03: user events without a key, scattered over the partitions",
 };
 
@@ -57,6 +63,7 @@ pub const ORDERS_EVENTS: TopicSpec = TopicSpec {
     partitions: 3,
     retention_ms: Some(7 * DAY_MS),
     compression: "lz4",
+    compacted: false,
     purpose: "lesson 10: ORDER_CREATED events, keyed by order_id",
 };
 
@@ -66,6 +73,7 @@ pub const INVENTORY_REQUESTS: TopicSpec = TopicSpec {
     partitions: 3,
     retention_ms: Some(DAY_MS),
     compression: "lz4",
+    compacted: false,
     purpose: "lesson 10: RESERVE requests, written with their order in one transaction",
 };
 
@@ -76,12 +84,43 @@ pub const INVENTORY_EVENTS: TopicSpec = TopicSpec {
     partitions: 3,
     retention_ms: Some(7 * DAY_MS),
     compression: "lz4",
+    compacted: false,
     purpose: "lesson 10: STOCK_RESERVED events, one per inventory request",
 };
 
+/// An order's events (lesson 11), keyed by `order_id`: the event store, the source of truth. Kept for ever
+/// (`retention.ms=-1`) and never compacted: an event store that forgets events is no longer one.
+pub const ORDER_EVENTS: TopicSpec = TopicSpec {
+    name: "order-events",
+    partitions: 3,
+    retention_ms: Some(-1),
+    compression: "lz4",
+    compacted: false,
+    purpose: "lesson 11: the event store, every event of every order, kept for ever",
+};
+
+/// The latest snapshot of each order (lesson 11), keyed by `order_id`, compacted: older snapshots of an order
+/// are removed by the log cleaner, and losing them all costs only a longer replay.
+pub const ORDER_SNAPSHOTS: TopicSpec = TopicSpec {
+    name: "order-snapshots",
+    partitions: 3,
+    retention_ms: None,
+    compression: "lz4",
+    compacted: true,
+    purpose: "lesson 11: the latest snapshot per order (compacted)",
+};
+
 /// Every topic the workbook's stories use.
-pub const WORKBOOK_TOPICS: &[TopicSpec] =
-    &[USER_EVENTS, USER_EVENTS_DLQ, USER_EVENTS_UNKEYED, ORDERS_EVENTS, INVENTORY_REQUESTS, INVENTORY_EVENTS];
+pub const WORKBOOK_TOPICS: &[TopicSpec] = &[
+    USER_EVENTS,
+    USER_EVENTS_DLQ,
+    USER_EVENTS_UNKEYED,
+    ORDERS_EVENTS,
+    INVENTORY_REQUESTS,
+    INVENTORY_EVENTS,
+    ORDER_EVENTS,
+    ORDER_SNAPSHOTS,
+];
 
 /// Looks a topic up by name.
 pub fn find(name: &str) -> Option<&'static TopicSpec> {

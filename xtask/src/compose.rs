@@ -74,8 +74,12 @@ mod clients {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         for spec in WORKBOOK_TOPICS {
             runtime.block_on(broker.create_topic_spec(spec))?;
-            let retention =
-                spec.retention_ms.map(|ms| format!("{} d", ms / 86_400_000)).unwrap_or_else(|| "default".into());
+            let retention = match spec.retention_ms {
+                Some(ms) if ms < 0 => "for ever".to_string(),
+                Some(ms) => format!("{} d", ms / 86_400_000),
+                None => "default".into(),
+            };
+            let retention = if spec.compacted { format!("{retention}, compacted") } else { retention };
             println!(
                 "  {:<22} {} partition(s), retention {retention}, {} — {}",
                 spec.name, spec.partitions, spec.compression, spec.purpose
