@@ -301,7 +301,12 @@ impl Broker {
 
     /// Creates `name` with `partitions` partitions and the topic configs `configs` (`cleanup.policy`,
     /// `segment.ms`, …), which only real Kafka applies; the mock creates the topic and ignores them.
-    pub async fn create_topic_with(&self, name: &str, partitions: i32, configs: &[(&str, String)]) -> anyhow::Result<()> {
+    pub async fn create_topic_with(
+        &self,
+        name: &str,
+        partitions: i32,
+        configs: &[(&str, String)],
+    ) -> anyhow::Result<()> {
         if let Some(cluster) = &self.embedded {
             cluster.create_topic(name, partitions)?;
         } else if self.kind.is_real_kafka() {

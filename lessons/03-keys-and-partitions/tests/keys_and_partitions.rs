@@ -1,5 +1,6 @@
 //! Grades lesson 03: keyed events keep one partition and their order per user; unkeyed events scatter; the
-//! per-partition counts and each user's layout are read from what the topic really holds.
+//! per-partition counts and each user's layout are read from what the topic really holds; and the sends are in
+//! flight together, counted as Produce requests by a `kit::FaultProxy` in front of the broker.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -98,6 +99,41 @@ async fn without_a_key_a_users_events_scatter_and_lose_their_order() {
     for user in split {
         assert!(!layout[user].in_order, "{user}'s events are split over partitions: they have no single order");
     }
+}
+
+/// How many events the batching test sends, and how long the producer waits to fill a batch there.
+const BATCHED_EVENTS: usize = 40;
+const BATCH_LINGER_MS: &str = "50";
+
+#[tokio::test]
+async fn the_sends_are_in_flight_together_so_the_producer_batches_them() {
+    // The proxy relays everything to the broker and counts the Produce requests the producer makes. A sender that
+    // awaits each report before starting the next send hands librdkafka one record at a time, so each record
+    // leaves in a request of its own: BATCHED_EVENTS requests. Sends started together are all queued before the
+    // first batch leaves (the producer lingers 50 ms to fill a batch, and queueing 40 records takes microseconds),
+    // so they go in about one request per partition: 3 here, a few more if a batch is retried or the machine
+    // stalls the test past the linger. The bound, a quarter of the records (10), is far from both.
+    let broker = broker();
+    let topic = unique("lesson03-batched");
+    broker.create_topic(&topic, 3).await.unwrap();
+    let proxy = kit::FaultProxy::start(broker.bootstrap_servers()).expect("fault proxy");
+    let mut config = producer_config(broker);
+    config.set("bootstrap.servers", proxy.bootstrap_servers()).set("linger.ms", BATCH_LINGER_MS);
+    let producer: FutureProducer = config.create().unwrap();
+    let events = sample_events(13, BATCHED_EVENTS, USERS);
+    let placements = tokio::time::timeout(Duration::from_secs(30), produce(&producer, &topic, &events, Keying::ByUser))
+        .await
+        .expect("no delivery reports within 30 s")
+        .expect("delivery failed");
+    assert_eq!(placements.len(), BATCHED_EVENTS, "one placement per event");
+
+    let requests = proxy.stats().produce_requests;
+    assert!(requests >= 1, "the records went through the proxy: {:?}", proxy.stats());
+    assert!(
+        requests <= BATCHED_EVENTS as u64 / 4,
+        "{BATCHED_EVENTS} events took {requests} Produce requests: the sends waited for one another (one record per \
+         request) instead of being started together so the producer could batch them"
+    );
 }
 
 /// A record at `partition`/`offset` holding `user`'s sample event number `nth` (later `nth`, later timestamp).

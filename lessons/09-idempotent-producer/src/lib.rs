@@ -120,7 +120,8 @@ pub async fn send_numbered<C: ClientContext + 'static>(
     // TODO(lesson 09): Send every record of `records` to `topic`, keyed by its `key` and carried as JSON, and return the
     // delivery reports in the same order. Several requests must be in flight at once — never wait for one report
     // before sending the next record — because that is when a retry could reorder. A record that could not be
-    // delivered is an error that names it. The tests send through injected faults and read the topic back.
+    // delivered is an error that names it. The tests count the Produce requests (a record that waits for the report of
+    // the one before it leaves in a request of its own), send through injected faults and read the topic back.
     todo!("lesson 09: write `send_numbered` (the TODO above says what it must do; `cargo xtask hint 09` helps)")
 }
 // ANCHOR_END: send_numbered

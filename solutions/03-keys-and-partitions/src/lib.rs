@@ -67,7 +67,8 @@ pub fn producer_config(broker: &kit::Broker) -> ClientConfig {
 // and with no key at all for `Keying::None`. Return one `Placement` per event, in the order of `events`, with the
 // partition and offset its delivery report gave. The sends must not wait for one another — start them all, then
 // collect the reports — so the producer can batch them; it still writes each partition in the order the sends were
-// started. The tests read both topics back and check where and in which order each user's events are.
+// started. The tests read both topics back and check where and in which order each user's events are, and count
+// the requests the producer makes: sends that wait for one another take one request per event.
 // ANCHOR: produce
 /// Sends `events` in order and reports where each one landed.
 pub async fn produce(

@@ -118,7 +118,8 @@ pub struct Crash {
 // (processing is `handle(&message)`; return its results). No wait for a record may outlast `RECEIVE_TIMEOUT`.
 // `crash` makes the process die right after processing its `after_processing`-th record: return there, with that
 // record processed but not committed. The tests crash after offset 3, then check that the committed offset is
-// still 3 and that a restart processes offset 3 again and skips nothing.
+// still 3 and that a restart processes offset 3 again and skips nothing; and they wait on an empty topic, on
+// tokio's paused clock, for your function to give up by `RECEIVE_TIMEOUT`.
 // ANCHOR: process_then_commit
 /// Processes records one by one and commits each only after it is processed; stops early at a simulated crash.
 pub async fn process_then_commit(
@@ -183,7 +184,8 @@ pub struct PartitionLag {
 // EXERCISE: Measure how far `consumer`'s group is behind on each partition `0..partitions` of `topic`: the high
 // watermark minus the group's committed offset. Where the group committed nothing, `committed` is `None` and
 // everything still in the log counts (high watermark − low watermark). The tests commit different amounts on three
-// partitions (one caught up, one untouched) and compare your figures with what they wrote.
+// partitions (one caught up, one untouched) and compare your figures with what they wrote; and they measure a
+// partition whose oldest records are gone, so its log starts above offset 0.
 // ANCHOR: lag
 /// The group's lag per partition: high watermark − committed offset.
 pub fn lag(consumer: &StreamConsumer, topic: &str, partitions: i32) -> anyhow::Result<BTreeMap<i32, PartitionLag>> {

@@ -1,5 +1,7 @@
 //! Grades lesson 05: where a new group starts (earliest vs latest), what a crash between processing and commit
-//! does with manual commits (redelivery) and with auto-commit (a skip), replaying from an offset, and lag.
+//! does with manual commits (redelivery) and with auto-commit (a skip), that no wait for a record outlasts
+//! `RECEIVE_TIMEOUT` (on tokio's paused clock), replaying from an offset, and lag — also on a partition whose
+//! oldest records are gone, so its log starts above offset 0.
 //!
 //! Consumers here assign their partitions by hand and resume from the group's committed offsets: the offsets
 //! behave exactly as for subscribed members, without a group join (seconds on the embedded broker) per restart.
@@ -10,12 +12,15 @@ use std::time::Duration;
 use kit::events::sample_events;
 use kit::publish::publish_events;
 use kit_testing::{broker, unique, wait_until};
+use rdkafka::admin::{AdminClient, AdminOptions};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use solution_05::{
-    AUTO_COMMIT_INTERVAL_MS, Commits, Crash, Handled, StartFrom, consumer_config, crash, lag, process_then_commit,
-    publish_until_received, receive, replay_from, resume,
+    AUTO_COMMIT_INTERVAL_MS, Commits, Crash, Handled, RECEIVE_TIMEOUT, StartFrom, consumer_config, crash, lag,
+    process_then_commit, publish_until_received, receive, replay_from, resume,
 };
 use uuid::Uuid;
 
@@ -188,6 +193,35 @@ async fn auto_commit_can_skip_records_a_crash_interrupted() {
     kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("auto_commit_crash", story));
 }
 
+/// Once the setup is done the test pauses tokio's clock: tokio then jumps it to the next timer whenever the test has
+/// nothing else to do, so a wait bounded by a tokio timer ends at its bound in virtual time, in no real time. The only
+/// timers are the lesson's bound (`RECEIVE_TIMEOUT`, 20 s) and the test's, a second later; no record can come from an
+/// empty topic, so which fires first is decided by the two deadlines alone: the lesson's if it bounds its wait, the
+/// test's if it waits without a bound (or with a longer one).
+#[tokio::test]
+async fn no_wait_for_a_record_outlasts_the_receive_timeout() {
+    let topic = unique("lesson05-nothing-to-read");
+    broker().create_topic(&topic, 1).await.unwrap();
+    let reader = consumer(&unique("lesson05-nothing-to-read"), StartFrom::Earliest, Commits::AfterProcessing);
+    resume(&reader, &topic, &[0]).unwrap();
+
+    tokio::time::pause();
+    let test_bound = RECEIVE_TIMEOUT + Duration::from_secs(1);
+    let waited = tokio::time::timeout(test_bound, process_then_commit(&reader, 1, None)).await;
+    tokio::time::resume();
+    close(reader).await;
+
+    let returned = waited.unwrap_or_else(|_| {
+        panic!(
+            "process_then_commit was still waiting for a record {test_bound:?} into its wait on an empty topic: \
+             no wait may outlast RECEIVE_TIMEOUT ({RECEIVE_TIMEOUT:?})"
+        )
+    });
+    if let Ok(processed) = returned {
+        assert!(processed.is_empty(), "an empty topic has nothing to process: {processed:?}");
+    }
+}
+
 #[tokio::test]
 async fn replaying_from_an_offset_reads_the_log_again() {
     let (topic, ids) = topic_with_events(1, 55, 10).await;
@@ -285,4 +319,57 @@ async fn replaying_needs_no_assignment_and_ignores_what_the_group_committed() {
     let replayed: Vec<Uuid> = replay.iter().map(|h| h.event_id).collect();
     assert_eq!(replayed, ids[4..].to_vec(), "the replay reads the events stored at offsets 4–9");
     close(reader).await;
+}
+
+/// Removes the oldest records of partition 0 of `topic`, so its log starts above offset 0 (its low watermark), as
+/// retention does with time. Real Kafka is asked directly (DeleteRecords: everything before offset 4 of 10 records
+/// goes). The embedded broker (in this process or hosted) has no DeleteRecords, but it keeps at most 5 MiB per
+/// partition and drops a partition's oldest batches beyond that (librdkafka 2.12's mock, `rd_kafka_mock_msgset_new`):
+/// eight records of 700 kB, each a batch of its own (a batch holds at most 1 MB), push the first batch out. The caller
+/// checks the low watermark it gets, so a broker that kept everything fails the test's setup, not the lesson.
+async fn drop_the_oldest_records(topic: &str) {
+    if !broker().kind().is_real_kafka() {
+        let producer: FutureProducer = broker().producer_config().create().expect("producer");
+        let filler = vec![b'x'; 700_000];
+        for _ in 0..8 {
+            producer
+                .send(FutureRecord::<(), _>::to(topic).partition(0).payload(&filler), Duration::from_secs(5))
+                .await
+                .map_err(|(error, _)| error)
+                .expect("a 700 kB record is written");
+        }
+    } else {
+        publish_events(broker(), topic, &sample_events(58, 10, 1)).await.unwrap();
+        let admin: AdminClient<DefaultClientContext> = broker().client_config().create().expect("admin client");
+        let mut before = TopicPartitionList::new();
+        before.add_partition_offset(topic, 0, Offset::Offset(4)).unwrap();
+        let options = AdminOptions::new().operation_timeout(Some(WAIT));
+        let deleted = admin.delete_records(&before, &options).await.expect("DeleteRecords");
+        for partition in deleted.elements() {
+            partition.error().unwrap_or_else(|e| panic!("DeleteRecords on partition {}: {e}", partition.partition()));
+        }
+    }
+}
+
+#[tokio::test]
+async fn where_nothing_is_committed_the_lag_is_what_is_still_in_the_log() {
+    let topic = unique("lesson05-trimmed");
+    broker().create_topic(&topic, 1).await.unwrap();
+    drop_the_oldest_records(&topic).await;
+    let member = consumer(&unique("lesson05-trimmed"), StartFrom::Earliest, Commits::AfterProcessing);
+    // The partition's bounds, read by the test itself.
+    let (low, high) = member.fetch_watermarks(&topic, 0, WAIT).expect("watermarks");
+    let lags = lag(&member, &topic, 1).unwrap();
+    close(member).await;
+
+    assert!(
+        low > 0,
+        "the test's setup: the oldest records are gone, so the log starts above 0 (low {low}, high {high})"
+    );
+    assert_eq!(lags[&0].high_watermark, high, "the high watermark is the partition's");
+    assert_eq!(
+        (lags[&0].committed, lags[&0].lag),
+        (None, high - low),
+        "nothing committed: the lag is what is still in the log, high − low watermark ({high} − {low}), not high − 0"
+    );
 }

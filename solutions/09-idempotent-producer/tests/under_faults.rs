@@ -1,4 +1,5 @@
-//! Grades lesson 09 against a broker: the producer's configuration and the id the broker gives it, then the
+//! Grades lesson 09 against a broker: the producer's configuration and the id the broker gives it, that the
+//! records are sent without waiting for one another (Produce requests counted by `kit::FaultProxy`), then the
 //! numbered sequence under injected faults (request errors, a broker outage, lost acks, acks that arrive too
 //! late), read back and checked for "every record once, in order, per partition".
 //!
@@ -173,6 +174,36 @@ async fn each_delivery_report_says_where_the_record_is() {
         let stored: Numbered = serde_json::from_str(stored.payload.as_deref().unwrap()).unwrap();
         assert_eq!(&stored, record, "the record at the reported position is the one sent");
     }
+}
+
+#[tokio::test]
+async fn records_are_sent_without_waiting_for_earlier_reports() {
+    // The proxy relays everything to the broker and counts the producer's Produce requests. A sender that awaits
+    // each delivery report before sending the next record can only ever hand librdkafka one record: each leaves in
+    // a request of its own, 30 requests for 30 records. Records sent without waiting are all queued before the
+    // first batch leaves (the producer lingers 50 ms to fill one, and queueing 30 records takes microseconds), so
+    // on one partition they go in one request, a few if a batch is retried or the machine stalls the test past
+    // the linger. The bound, a quarter of the records (7), is far from both.
+    let topic = unique("lesson09-not-waiting");
+    broker().create_topic(&topic, 1).await.expect("topic");
+    let proxy = FaultProxy::start(broker().bootstrap_servers()).expect("fault proxy");
+    let batching = [("linger.ms", "50"), ("batch.num.messages", "10000")];
+    let (producer, _watch) = watched_producer(proxy.bootstrap_servers(), &batching);
+    let records = numbered_sequence(KEYS, 10);
+    let deliveries = tokio::time::timeout(Duration::from_secs(30), send_numbered(&producer, &topic, &records))
+        .await
+        .expect("no delivery reports within 30 s")
+        .expect("delivery failed");
+    assert_eq!(deliveries.len(), records.len(), "one delivery report per record");
+
+    let requests = proxy.stats().produce_requests;
+    assert!(requests >= 1, "the records went through the proxy: {:?}", proxy.stats());
+    assert!(
+        requests <= records.len() as u64 / 4,
+        "{} records took {requests} Produce requests: each record waited for the report of the one before it, so \
+         only one was ever in flight",
+        records.len()
+    );
 }
 
 #[tokio::test]
