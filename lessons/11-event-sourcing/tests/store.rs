@@ -347,8 +347,12 @@ async fn compaction_keeps_the_latest_snapshot_of_each_order() {
     assert_eq!(send(&writer, "order-1", 0, commands).await.len(), 6);
     let snapshots = snapshots_in(&topics.snapshots).await;
     let versions: Vec<u64> = snapshots.iter().map(|(_, s)| s.state.version).collect();
-    assert_eq!(versions, [1, 2, 3, 4, 5, 6], "with a snapshot every event, six snapshots are written");
+    // On real Kafka the cleaner may already have been at work (segments roll every 100 ms): what is there is
+    // some of the six, in order, the latest always among them.
+    assert_eq!(versions.last(), Some(&6), "the latest snapshot is at version 6: {versions:?}");
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "snapshots in version order: {versions:?}");
     if !can_grade(broker(), Capability::Compaction, test) {
+        assert_eq!(versions, [1, 2, 3, 4, 5, 6], "with a snapshot every event, six snapshots are written");
         return;
     }
     // The active segment is never compacted: keep writing another order's snapshots so segments roll, until the
