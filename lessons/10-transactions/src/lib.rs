@@ -20,11 +20,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 /// The producer every function here writes with: transactional, serving its own delivery reports.
@@ -299,19 +299,5 @@ pub fn run_until_idle(
 }
 // ANCHOR_END: run_until_idle
 
-/// The context of a reader that reads to the end of each partition (`enable.partition.eof=true`): librdkafka
-/// reports each end as an error, which rdkafka's default context logs as one. Here it is the expected end of a
-/// read, not worth an ERROR line; every other error is logged as usual.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ReadToEnd;
-
-impl ClientContext for ReadToEnd {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end = matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
-        if !end {
-            tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for ReadToEnd {}
+/// The context of a reader that reads to the end of each partition, quiet about each end (kit's).
+pub use kit::read::ReadToEnd;

@@ -13,14 +13,12 @@
 //! Everything here blocks (librdkafka's transactional calls wait on the calling thread, lesson 10): async callers
 //! run it in `spawn_blocking`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use crate::codec::{self, Snapshot, StoredEvent};
 use crate::order::{Command, OrderState, Rejection, decide, evolve};
@@ -232,73 +230,20 @@ pub fn is_fatal(error: &anyhow::Error) -> bool {
 }
 
 /// A record as the event store's reader saw it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogRecord {
-    pub partition: i32,
-    pub offset: i64,
-    pub key: Option<String>,
-    pub payload: Vec<u8>,
-}
+pub use kit::read::LogRecord;
 
 /// Every committed record of `topic` (all `partitions`), in log order per partition, read to the end from the
 /// beginning with a consumer made from `config` (bootstrap servers and tuning; a group id is needed by librdkafka
-/// but nothing is committed). The end is librdkafka's end-of-partition event, so no timer decides what was read;
-/// `within` only bounds a read that never ends.
+/// but nothing is committed): `kit::read::read_to_end` as a `read_committed` reader.
 pub fn read_log(
     mut config: ClientConfig,
     topic: &str,
     partitions: i32,
     within: Duration,
 ) -> anyhow::Result<Vec<LogRecord>> {
-    config
-        .set("enable.partition.eof", "true")
-        .set("enable.auto.commit", "false")
-        .set("isolation.level", "read_committed");
-    let consumer: BaseConsumer<ReadToEnd> = config.create_with_context(ReadToEnd)?;
-    {
-        // Dropped before the consumer: a partition list alive at its drop blocks the drop for 30 s.
-        let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
-            assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
-    }
-    let mut records = Vec::new();
-    let mut ended = BTreeSet::new();
-    let deadline = Instant::now() + within;
-    while ended.len() < partitions as usize {
-        anyhow::ensure!(Instant::now() < deadline, "{topic}: not read to its end within {within:?}");
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Ok(message)) => records.push(LogRecord {
-                partition: message.partition(),
-                offset: message.offset(),
-                key: message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-                payload: message.payload().unwrap_or_default().to_vec(),
-            }),
-            Some(Err(KafkaError::PartitionEOF(partition))) => {
-                ended.insert(partition);
-            }
-            Some(Err(error)) => return Err(anyhow::Error::new(error).context(format!("reading {topic}"))),
-        }
-    }
-    Ok(records)
+    config.set("isolation.level", "read_committed");
+    kit::read::read_to_end(config, topic, partitions, within)
 }
-
-/// A consumer context that keeps librdkafka's end-of-partition "errors" out of the logs: reading to the end is
-/// what [`read_log`] is for.
-pub struct ReadToEnd;
-
-impl ClientContext for ReadToEnd {
-    fn error(&self, error: KafkaError, reason: &str) {
-        let end = matches!(error, KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF));
-        if !end {
-            tracing::error!(target: "librdkafka", "librdkafka: {error}: {reason}");
-        }
-    }
-}
-
-impl ConsumerContext for ReadToEnd {}
 
 /// What recovering from the log found: the orders, and how much work the snapshots saved.
 #[derive(Debug, Default)]

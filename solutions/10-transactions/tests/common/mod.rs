@@ -16,11 +16,10 @@ use std::time::Duration;
 use kit::TxnRequest;
 use kit_testing::broker;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Serialize;
-use solution_10::{Order, ReadToEnd, ReserveStock, TXN_CALL_TIMEOUT, TxnProducer, consumer_config, producer_config};
+use solution_10::{Order, ReserveStock, TXN_CALL_TIMEOUT, TxnProducer, consumer_config, producer_config};
 
 /// Runs blocking lesson code on tokio's blocking pool and waits for it; a panic there fails the test.
 pub async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -95,36 +94,17 @@ pub async fn read_to_end_with(
     if !isolation_level.is_empty() {
         config.set("isolation.level", isolation_level);
     }
-    config.set("enable.partition.eof", "true");
     let topic = topic.to_string();
     blocking(move || {
-        let consumer: BaseConsumer<ReadToEnd> = config.create_with_context(ReadToEnd).expect("a reader");
-        {
-            let mut assignment = TopicPartitionList::new();
-            for partition in 0..partitions {
-                assignment.add_partition_offset(&topic, partition, Offset::Beginning).unwrap();
-            }
-            consumer.assign(&assignment).expect("assign");
-        }
-        let mut records = Vec::new();
-        let mut ended = BTreeSet::new();
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while ended.len() < partitions as usize {
-            assert!(std::time::Instant::now() < deadline, "{topic}: no end of partition within 30 s: {ended:?}");
-            match consumer.poll(Duration::from_millis(500)) {
-                None => {}
-                Some(Ok(message)) => records.push(Read {
-                    partition: message.partition(),
-                    key: String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned(),
-                    payload: String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned(),
-                }),
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
-                    ended.insert(partition);
-                }
-                Some(Err(e)) => panic!("reading {topic}: {e}"),
-            }
-        }
-        records
+        kit::read::read_to_end(config, &topic, partitions, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e:#}"))
+            .into_iter()
+            .map(|record| Read {
+                partition: record.partition,
+                key: record.key.unwrap_or_default(),
+                payload: String::from_utf8_lossy(&record.payload).into_owned(),
+            })
+            .collect()
     })
     .await
 }
