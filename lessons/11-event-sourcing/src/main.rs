@@ -124,21 +124,24 @@ fn start_writer(
     writer_id: &str,
     snapshot_every: u64,
 ) -> anyhow::Result<OrderWriter> {
-    let config = broker.consumer_config(&kit::topics::unique("order-writer-recovery"));
-    let started = std::time::Instant::now();
-    let recovered = recover(&config, topics, ORDER_EVENTS.partitions, Duration::from_secs(30))?;
-    println!(
-        "   orders: {}, from {} events; {} snapshots used, so {} events folded and {} skipped ({} ms)",
-        recovered.orders.len(),
-        recovered.events_read,
-        recovered.snapshots_used,
-        recovered.events_folded,
-        recovered.events_read - recovered.events_folded,
-        started.elapsed().as_millis()
-    );
     let producer: TxnProducer = producer_config(broker.bootstrap_servers(), writer_id).create()?;
-    let known: HashMap<String, OrderState> = recovered.orders;
-    OrderWriter::start(producer, topics.clone(), snapshot_every, known)
+    // The writer fences its predecessor before it calls this: what it reads is all the old writer ever committed.
+    let load = || -> anyhow::Result<HashMap<String, OrderState>> {
+        let config = broker.consumer_config(&kit::topics::unique("order-writer-recovery"));
+        let started = std::time::Instant::now();
+        let recovered = recover(&config, topics, ORDER_EVENTS.partitions, Duration::from_secs(30))?;
+        println!(
+            "   orders: {}, from {} events; {} snapshots used, so {} events folded and {} skipped ({} ms)",
+            recovered.orders.len(),
+            recovered.events_read,
+            recovered.snapshots_used,
+            recovered.events_folded,
+            recovered.events_read - recovered.events_folded,
+            started.elapsed().as_millis()
+        );
+        Ok(recovered.orders)
+    };
+    OrderWriter::start(producer, topics.clone(), snapshot_every, load)
 }
 
 /// The events `commands` make, in memory: the log the writer wrote for them.

@@ -39,7 +39,8 @@ async fn writer(bootstrap: &str, topics: &StoreTopics, snapshot_every: u64) -> A
     let producer = producer_config(bootstrap, &unique("lesson11-writer")).create().expect("a producer");
     let topics = topics.clone();
     blocking(move || {
-        let writer = OrderWriter::start(producer, topics, snapshot_every, HashMap::new()).expect("the writer starts");
+        let writer =
+            OrderWriter::start(producer, topics, snapshot_every, || Ok(HashMap::new())).expect("the writer starts");
         Arc::new(Mutex::new(writer))
     })
     .await

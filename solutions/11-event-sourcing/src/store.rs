@@ -108,17 +108,22 @@ pub struct OrderWriter {
 }
 
 impl OrderWriter {
-    /// A writer appending through `producer` (created from [`producer_config`]; `start` initialises its
-    /// transactions, which fences any earlier writer with the same id), taking a snapshot after every
-    /// `snapshot_every`-th event of an order, with the orders of `known` (from [`recover`]) as its state.
+    /// A writer appending through `producer` (created from [`producer_config`]), taking a snapshot after every
+    /// `snapshot_every`-th event of an order, with the orders `load` returns (from [`recover`]) as its state.
+    ///
+    /// Fence first, then read: `start` initialises the producer's transactions — which fences any earlier writer
+    /// with the same id and aborts what it left open — and only then calls `load`. Read the other way round, an
+    /// append the old writer committed between the read and the fencing would be missing from the new writer's
+    /// state, and its next command would append a second event of that version.
     pub fn start(
         producer: TxnProducer,
         topics: StoreTopics,
         snapshot_every: u64,
-        known: HashMap<String, OrderState>,
+        load: impl FnOnce() -> anyhow::Result<HashMap<String, OrderState>>,
     ) -> anyhow::Result<OrderWriter> {
         anyhow::ensure!(snapshot_every >= 1, "a snapshot every 0 events");
         producer.init_transactions(TXN_CALL_TIMEOUT)?;
+        let known = load()?;
         Ok(OrderWriter { producer, topics, snapshot_every, orders: known })
     }
 

@@ -79,7 +79,7 @@ pub async fn writer(bootstrap: &str, topics: &StoreTopics) -> Arc<Mutex<OrderWri
     let producer = producer_config(bootstrap, &unique("lesson11-writer")).create().expect("a producer");
     let topics = topics.clone();
     blocking(move || {
-        let writer = OrderWriter::start(producer, topics, 5, HashMap::new()).expect("the writer starts");
+        let writer = OrderWriter::start(producer, topics, 5, || Ok(HashMap::new())).expect("the writer starts");
         Arc::new(Mutex::new(writer))
     })
     .await
