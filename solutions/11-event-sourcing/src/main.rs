@@ -1,21 +1,31 @@
-//! Lesson 11, the runnable story: an order lives as its events. The single writer recovers the store from the
-//! log, takes an order through its commands (a snapshot every 3 events), refuses a client that decided on a stale
-//! version, shows in memory what two writers would make of one order, restarts (recovering from snapshots and
-//! tails, and fencing its old self), and reads an event written years ago in the old schema. The read side (the
-//! Redis projections and the CQRS service) is graded by the tests; the story does not run it yet.
+//! Lesson 11, the runnable story: an order lives as its events. The write side: the single writer recovers the
+//! store from the log, takes an order through its commands (a snapshot every 3 events), refuses a client that
+//! decided on a stale version, shows in memory what two writers would make of one order, restarts (recovering
+//! from snapshots and tails, and fencing its old self), and reads an event written years ago in the old schema.
+//! The read side: a projector that has run since the start folds the events into Redis; the CQRS service takes
+//! commands over HTTP and answers queries from the read model, waiting for the client's own version; a rebuild
+//! from offset 0 into a fresh namespace equals the live read model.
 //!
 //! The topics are the manifest's (`order-events`, `order-snapshots`), so every run adds to them: this run's orders
-//! carry an id of its own. Run it with `cargo xtask lesson 11` (your exercise) or `cargo xtask lesson 11
-//! --solution`.
+//! and customer carry an id of its own, and its Redis keys a namespace of its own (deleted at the end unless
+//! `--keep`). Run it with `cargo xtask lesson 11` (your exercise) or `cargo xtask lesson 11 --solution`.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use clap::Parser;
+use kit::redis::Redis;
 use kit::topics::{ORDER_EVENTS, ORDER_SNAPSHOTS};
 use kit::{Broker, Capability};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use serde_json::{Value, json};
+use solution_11::projection::{ProjectorReport, ReadModel, projector_config, rebuild, run_projector};
+use solution_11::service::{ReadWait, router};
 use solution_11::store::{OrderWriter, StoreTopics, TxnProducer, producer_config, recover};
 use solution_11::{Command, Event, HandleError, OrderState, StoredEvent, decode_event, evolve, restore};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// One order's life as events, through a stale client, a restart and an old schema.
 #[derive(Parser)]
@@ -23,15 +33,52 @@ struct Args {
     /// A snapshot after every this many events of an order.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
     snapshot_every: u64,
+    /// Keep this run's Redis keys (the live and the rebuilt read model) instead of deleting them at the end.
+    #[arg(long)]
+    keep: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let broker = kit::story::start(&[ORDER_EVENTS, ORDER_SNAPSHOTS]).await?;
+    let redis = Redis::resolve()?;
+    println!("redis:  {}", redis.describe());
+    let connection = redis.connect().await?;
     let run = kit::topics::unique("run");
+    let namespace = format!("workbook:lesson11:{run}");
+    let live = ReadModel::new(connection.clone(), format!("{namespace}:live"));
+    let mut rebuilt = ReadModel::new(connection, format!("{namespace}:rebuilt"));
+    println!("state:  Redis keys under {namespace}:*\n");
+
+    // The projector starts before the writer: the read side runs beside the write side, as in production, and
+    // its group join (seconds on the embedded broker) overlaps steps 1–6 instead of adding to them.
+    let projector = Projector::start(&broker, live.clone())?;
     let topics = StoreTopics { events: ORDER_EVENTS.name.into(), snapshots: ORDER_SNAPSHOTS.name.into() };
-    tokio::task::spawn_blocking(move || write_side(&broker, &topics, &run, args.snapshot_every).map(drop)).await?
+    let rebuild_config = broker.consumer_config(&kit::topics::unique("order-rebuild"));
+    let write_run = run.clone();
+    // The write side blocks (librdkafka's transactional calls do): on the blocking pool, which hands the broker
+    // (the embedded one lives as long as it does) back with the restarted writer.
+    let (broker, writer) = tokio::task::spawn_blocking(move || {
+        write_side(&broker, &topics, &write_run, args.snapshot_every).map(|writer| (broker, writer))
+    })
+    .await??;
+
+    let read = read_side(writer, &live, &mut rebuilt, rebuild_config, &run, projector).await;
+    if args.keep {
+        println!("\nkept: Redis keys under {namespace}:*");
+    } else {
+        let mut connection = live.clone();
+        kit::redis::delete_namespace(connection.connection(), &namespace).await?;
+    }
+    drop(broker);
+    read
+}
+
+/// The customer of this run's orders: its own, so that its totals are this run's even where the topic holds
+/// earlier runs' orders.
+fn customer(run: &str) -> String {
+    format!("{run}-customer-7")
 }
 
 /// Steps 1–6: the write side, blocking (librdkafka's transactional calls are). Returns the restarted writer.
@@ -43,7 +90,7 @@ fn write_side(broker: &Broker, topics: &StoreTopics, run: &str, snapshot_every: 
     let order = format!("{run}-order-1");
     println!("\n2. order {order}, command by command, each at the version the last one returned");
     let commands = [
-        Command::PlaceOrder { customer_id: "customer-7".into() },
+        Command::PlaceOrder { customer_id: customer(run) },
         add("LAPTOP", 1, 99_900),
         add("MOUSE", 2, 2_500),
         add("DOCK", 1, 18_900),
@@ -113,6 +160,183 @@ fn write_side(broker: &Broker, topics: &StoreTopics, run: &str, snapshot_every: 
     println!("   stored: {}", String::from_utf8_lossy(old));
     println!("   read:   v{} {:?}", event.version, event.event);
     Ok(restarted)
+}
+
+/// Steps 7–9: the read side, beside the restarted writer.
+async fn read_side(
+    writer: OrderWriter,
+    live: &ReadModel,
+    rebuilt: &mut ReadModel,
+    rebuild_config: rdkafka::ClientConfig,
+    run: &str,
+    projector: Projector,
+) -> anyhow::Result<()> {
+    let first_order = format!("{run}-order-1");
+    let first_version = writer.state(&first_order).version;
+    // A short bound, so that step 7's query for a version that never comes ends soon.
+    let wait = ReadWait { within: Duration::from_secs(1), ..ReadWait::default() };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let app = router(Arc::new(Mutex::new(writer)), live.clone(), wait);
+    // The service stops when asked, and only then drops the writer, whose producer must close before the broker.
+    let (shutdown, shut) = oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = shut.await;
+            })
+            .await
+    });
+    let http = Http { base, client: reqwest::Client::new() };
+
+    println!("\n7. the read side: a projector has folded {} into Redis since step 1", ORDER_EVENTS.name);
+    println!("   the CQRS service at {}: commands go to the writer, queries to the read model", http.base);
+    let (status, body) = http.get(&first_order, Some(first_version)).await?;
+    exchange(&format!("GET order-1 ?min_version={first_version}"), status, &summary_line(&body));
+
+    let order = format!("{run}-order-2");
+    let place = json!({ "type": "PLACE_ORDER", "customer_id": customer(run) });
+    let (status, body) = http.command(&order, 0, place).await?;
+    exchange("POST order-2 PLACE_ORDER, at v0", status, &body.to_string());
+    let keyboard = json!({
+        "type": "ADD_ITEM", "sku": "KEYBOARD", "quantity": 1, "unit_price_cents": 7_900, "currency": "EUR"
+    });
+    let (status, body) = http.command(&order, 1, keyboard.clone()).await?;
+    let version = body["version"].as_u64().unwrap_or(0);
+    exchange("POST order-2 ADD_ITEM KEYBOARD, at v1", status, &body.to_string());
+    let (status, body) = http.command(&order, 1, keyboard).await?;
+    exchange("the same POST again (a client's retry)", status, &error_of(&body));
+    // What the read model has at this instant depends on how far the projector got: it lags the log.
+    let (status, body) = http.get(&order, None).await?;
+    exchange("GET order-2, at once", status, &format!("{}  (as far as the projector got)", summary_line(&body)));
+    let asked = Instant::now();
+    let (status, body) = http.get(&order, Some(version)).await?;
+    let waited = asked.elapsed();
+    exchange(
+        &format!("GET order-2 ?min_version={version}"),
+        status,
+        &format!("{}  (in {waited:.1?}: the client's own write)", summary_line(&body)),
+    );
+    let (status, body) = http.get(&order, Some(version + 1)).await?;
+    exchange(&format!("GET order-2 ?min_version={}", version + 1), status, &error_of(&body));
+    println!(
+        "   {:<40}   (no command made v{}: after {} ms the service gives up and says where the read model is)",
+        "",
+        version + 1,
+        wait.within.as_millis()
+    );
+    drop(http);
+    let _ = shutdown.send(());
+    server.await??;
+    let totals = live.clone().customer(&customer(run)).await?;
+    println!(
+        "   customer totals: {} orders placed, {} confirmed for {}, {} cancelled",
+        totals.orders_placed,
+        totals.orders_confirmed,
+        euros(u64::try_from(totals.confirmed_total_cents).unwrap_or(0)),
+        totals.orders_cancelled
+    );
+
+    println!("\n8. a rebuild: the whole of {} from offset 0, into a fresh namespace", ORDER_EVENTS.name);
+    let report =
+        rebuild(rebuild_config, ORDER_EVENTS.name, ORDER_EVENTS.partitions, rebuilt, Duration::from_secs(30)).await?;
+    println!(
+        "   {} events read: {} applied, {} duplicates; {} orders, {} customers in all",
+        report.events, report.applied, report.duplicates, report.orders, report.customers
+    );
+    // The live projector reads the same log, each partition at its own pace: wait (bounded) until it has caught up.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut live_now = live.clone();
+    let same = loop {
+        let same = live_now.summaries().await? == rebuilt.summaries().await?
+            && live_now.customers().await? == rebuilt.customers().await?;
+        if same || Instant::now() >= deadline {
+            break same;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    println!("   the rebuilt read model is {} the live one", if same { "equal to" } else { "DIFFERENT from (!)" });
+
+    println!("\n9. the projector stops");
+    let report = projector.stop().await?;
+    println!(
+        "   {} records, each committed after its change was in Redis: {} applied, {} duplicates",
+        report.records, report.applied, report.duplicates
+    );
+    Ok(())
+}
+
+/// The live projector, a member of a group of its own, running in the background until [`Projector::stop`].
+struct Projector {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<anyhow::Result<ProjectorReport>>,
+}
+
+impl Projector {
+    fn start(broker: &Broker, mut read_model: ReadModel) -> anyhow::Result<Projector> {
+        let group = kit::topics::unique("order-projector");
+        let consumer: StreamConsumer = projector_config(broker.consumer_config(&group)).create()?;
+        consumer.subscribe(&[ORDER_EVENTS.name])?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let report = run_projector(&consumer, &mut read_model, async {
+                let _ = stopped.await;
+            })
+            .await;
+            // Leaving the group blocks for a moment: not on an async worker.
+            tokio::task::spawn_blocking(move || drop(consumer)).await?;
+            report
+        });
+        Ok(Projector { stop, task })
+    }
+
+    async fn stop(self) -> anyhow::Result<ProjectorReport> {
+        let _ = self.stop.send(());
+        self.task.await?
+    }
+}
+
+/// The story's HTTP client of the service.
+struct Http {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    async fn command(&self, order_id: &str, expected_version: u64, command: Value) -> anyhow::Result<(u16, Value)> {
+        let request = json!({ "expected_version": expected_version, "command": command });
+        let response =
+            self.client.post(format!("{}/orders/{order_id}/commands", self.base)).json(&request).send().await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+
+    async fn get(&self, order_id: &str, min_version: Option<u64>) -> anyhow::Result<(u16, Value)> {
+        let query = min_version.map(|v| format!("?min_version={v}")).unwrap_or_default();
+        let response = self.client.get(format!("{}/orders/{order_id}{query}", self.base)).send().await?;
+        Ok((response.status().as_u16(), response.json().await?))
+    }
+}
+
+/// One request to the service and its answer, as a line of the story.
+fn exchange(request: &str, status: u16, answer: &str) {
+    println!("   {request:<40} → {status} {answer}");
+}
+
+/// The message of an error answer.
+fn error_of(body: &Value) -> String {
+    body["error"].as_str().map_or_else(|| body.to_string(), str::to_string)
+}
+
+/// An order summary as one line, or the error the service answered.
+fn summary_line(body: &Value) -> String {
+    match (&body["status"], &body["version"]) {
+        (Value::String(status), Value::Number(version)) => {
+            let lines = body["lines"].as_array().map_or(0, Vec::len);
+            let total = euros(body["total_cents"].as_u64().unwrap_or(0));
+            format!("{status} v{version}, {lines} line{}, {total}", if lines == 1 { "" } else { "s" })
+        }
+        _ => error_of(body),
+    }
 }
 
 /// A writer with the identity `writer_id` (which fences any earlier one with it), recovered from the log.
