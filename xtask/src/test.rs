@@ -16,6 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cargo::{self, TestRun};
 use crate::catalog::{self, Lesson};
+use crate::exercise::LazyArm;
 use crate::proofs::{self, ProofBuild};
 use crate::{exercise, grade, runner, scratch, sync};
 
@@ -37,7 +38,7 @@ struct Suite {
 impl Suite {
     /// Runs `body` as a step with a spinner, records its verdict and prints it.
     fn step(&mut self, name: impl Into<String>, body: impl FnOnce() -> anyhow::Result<String>) -> bool {
-        self.run_step(None, name.into(), body)
+        self.run_step(None, name.into(), false, body)
     }
 
     /// A step that belongs to `lesson`'s share of the time.
@@ -47,13 +48,27 @@ impl Suite {
         name: impl Into<String>,
         body: impl FnOnce() -> anyhow::Result<String>,
     ) -> bool {
-        self.run_step(Some(lesson.label()), name.into(), body)
+        self.run_step(Some(lesson.label()), name.into(), false, body)
     }
 
+    /// A step of `lesson` whose detail is a report of one line per item (a verdict per lazy answer), printed
+    /// whole however long: a cut would hide verdicts.
+    fn lesson_report_step(
+        &mut self,
+        lesson: &Lesson,
+        name: impl Into<String>,
+        body: impl FnOnce() -> anyhow::Result<String>,
+    ) -> bool {
+        self.run_step(Some(lesson.label()), name.into(), true, body)
+    }
+
+    /// Runs the step and prints its verdict with the first line of its detail, then the rest of the detail:
+    /// all of it if `whole`, otherwise up to [`DETAIL_LINES`].
     fn run_step(
         &mut self,
         lesson: Option<String>,
         name: String,
+        whole: bool,
         body: impl FnOnce() -> anyhow::Result<String>,
     ) -> bool {
         let spinner = ProgressBar::new_spinner().with_message(name.clone());
@@ -73,7 +88,8 @@ impl Suite {
             took.as_secs_f64(),
             if detail.is_empty() { String::new() } else { format!(": {}", first_line(&detail)) }
         );
-        for line in detail.lines().skip(1).take(if ok { 20 } else { 60 }) {
+        let max_lines = (!whole).then_some(if ok { DETAIL_LINES.0 } else { DETAIL_LINES.1 });
+        for line in detail_lines(&detail, max_lines) {
             println!("       {line}");
         }
         self.steps.push(Step { name, lesson, ok, detail, took });
@@ -125,6 +141,23 @@ impl Suite {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
+}
+
+/// How many lines of a step's detail are printed under its verdict line, when it passed and when it failed:
+/// enough for a compiler error or a failed test's panic; the rest is in the logs (`target/workbook/runs/`) or a
+/// rerun away. A report step (one verdict a line) is printed whole.
+const DETAIL_LINES: (usize, usize) = (20, 60);
+
+/// The lines of `detail` printed under the step's verdict line, which shows its first line: the others, at most
+/// `max_lines` of them (`None`: all), then how many were left out, so a cut is never silent.
+fn detail_lines(detail: &str, max_lines: Option<usize>) -> Vec<String> {
+    let rest: Vec<&str> = detail.lines().skip(1).collect();
+    let shown = max_lines.unwrap_or(usize::MAX).min(rest.len());
+    let mut lines: Vec<String> = rest[..shown].iter().map(|line| line.to_string()).collect();
+    if shown < rest.len() {
+        lines.push(format!("… and {} more line(s), not shown", rest.len() - shown));
+    }
+    lines
 }
 
 pub struct Options {
@@ -274,7 +307,7 @@ fn prove_lesson(suite: &mut Suite, lesson: &Lesson, options: &Options) {
     if options.skip_lazy || build.lazy.is_empty() {
         return;
     }
-    suite.lesson_step(lesson, format!("{label}: {} lazy answers each fail a test", build.lazy.len()), || {
+    suite.lesson_report_step(lesson, format!("{label}: {} lazy answers each fail a test", build.lazy.len()), || {
         // Every answer's jobs go into one pool, quickest tests first, so the pool stays full while answers
         // that are already caught drop out.
         let mut order: Vec<&str> = build.tests.iter().map(|t| t.name.as_str()).collect();
@@ -302,29 +335,46 @@ fn prove_lesson(suite: &mut Suite, lesson: &Lesson, options: &Options) {
                 logs_dir: logs.join("lazy"),
             },
         )?;
-        let mut lines = Vec::new();
-        let mut uncaught = 0;
-        for (group, arm) in build.lazy.iter().enumerate() {
-            let why = &lesson.meta.lazy[group].why;
-            let caught = outcomes.iter().find(|o| o.group == group && !o.passed && !o.cancelled);
-            match caught {
-                Some(o) if o.timed_out => {
-                    lines.push(format!("{}: {why} — caught by {} (timed out)", arm.variant, o.test.name))
-                }
-                Some(o) => lines.push(format!("{}: {why} — caught by {}", arm.variant, o.test.name)),
-                None => {
-                    uncaught += 1;
-                    lines.push(format!(
-                        "{}: {why} — NOT CAUGHT: every test passes with the lazy `{}` body `{}`; the tests cannot \
-                         tell it from a real answer",
-                        arm.variant, arm.function, arm.body
-                    ));
-                }
-            }
-        }
+        let whys: Vec<&str> = lesson.meta.lazy.iter().map(|l| l.why.as_str()).collect();
+        let (uncaught, lines) = lazy_verdicts(&build.lazy, &whys, &outcomes);
         anyhow::ensure!(uncaught == 0, "{uncaught} lazy answer(s) pass every test:\n{}", lines.join("\n"));
         Ok(format!("all {} caught\n{}", build.lazy.len(), lines.join("\n")))
     });
+}
+
+/// One line per lazy answer, in lesson.toml's order: its variant, function and `why`, then the test that caught
+/// it (the first to fail) or NOT CAUGHT with a one-line summary of its body; and how many were not caught. One
+/// line each, so that every verdict shows however long the bodies are.
+fn lazy_verdicts(arms: &[LazyArm], whys: &[&str], outcomes: &[runner::Outcome]) -> (usize, Vec<String>) {
+    let mut lines = Vec::new();
+    let mut uncaught = 0;
+    for (group, arm) in arms.iter().enumerate() {
+        let why = whys.get(group).copied().unwrap_or("(no why)");
+        let answer = format!("{} ({}): {why}", arm.variant, arm.function);
+        match outcomes.iter().find(|o| o.group == group && !o.passed && !o.cancelled) {
+            Some(o) if o.timed_out => lines.push(format!("{answer} — caught by {} (timed out)", o.test.name)),
+            Some(o) => lines.push(format!("{answer} — caught by {}", o.test.name)),
+            None => {
+                uncaught += 1;
+                lines.push(format!(
+                    "{answer} — NOT CAUGHT: every test passes with the body {}; the tests cannot tell it from a \
+                     real answer",
+                    body_summary(&arm.body)
+                ));
+            }
+        }
+    }
+    (uncaught, lines)
+}
+
+/// A lazy body on one line: its whitespace collapsed, cut to a few words, with its length in lines when it has
+/// several (the whole body is in lesson.toml, `lazy-K` being the K-th `[[lazy]]`).
+fn body_summary(body: &str) -> String {
+    let flat = grade::fit(&body.split_whitespace().collect::<Vec<_>>().join(" "), 72);
+    match body.trim().lines().count() {
+        0 | 1 => format!("`{flat}`"),
+        n => format!("`{flat}` ({n} lines)"),
+    }
 }
 
 /// The unsolved proof: every test failed, and failed at the exercise's `todo!()` — its output holds
@@ -488,6 +538,67 @@ mod tests {
         passing.passed = true;
         assert!(every_test_fails_at_the_todo(&[passing], "07", DEFAULT).is_err());
         assert!(every_test_fails_at_the_todo(&[], "07", DEFAULT).is_err(), "no test ran");
+    }
+
+    #[test]
+    fn every_lazy_answer_gets_a_verdict_line_however_long_its_body() {
+        let long_body = format!("{{\n{}    0\n}}", "    let _ = 1;\n".repeat(80));
+        let arms: Vec<LazyArm> = (1..=25)
+            .map(|k| LazyArm {
+                variant: format!("lazy-{k}"),
+                function: "process_batch".into(),
+                body: if k == 2 { long_body.clone() } else { "0".into() },
+            })
+            .collect();
+        let whys: Vec<String> = (1..=25).map(|k| format!("wrong answer {k}")).collect();
+        let whys: Vec<&str> = whys.iter().map(String::as_str).collect();
+        // Every answer but lazy-2 is caught; lazy-3's first job was cancelled before a later one failed.
+        let mut outcomes = Vec::new();
+        for group in (0..25).filter(|g| *g != 1) {
+            if group == 2 {
+                let mut cancelled = failed("cancelled_test", "");
+                cancelled.cancelled = true;
+                cancelled.group = group;
+                outcomes.push(cancelled);
+            }
+            let mut outcome = failed(&format!("test_{group}"), "assertion failed");
+            outcome.group = group;
+            outcome.timed_out = group == 24;
+            outcomes.push(outcome);
+        }
+
+        let (uncaught, lines) = lazy_verdicts(&arms, &whys, &outcomes);
+        assert_eq!(uncaught, 1);
+        assert_eq!(lines.len(), 25, "one line per answer: {lines:#?}");
+        assert!(lines.iter().all(|l| !l.contains('\n')), "{lines:#?}");
+        assert_eq!(lines[0], "lazy-1 (process_batch): wrong answer 1 — caught by test_0");
+        assert!(lines[1].starts_with("lazy-2 (process_batch): wrong answer 2 — NOT CAUGHT"), "{}", lines[1]);
+        assert!(lines[1].contains("`{ let _ = 1; let _ = 1;") && lines[1].contains("…` (83 lines)"), "{}", lines[1]);
+        assert!(lines[1].chars().count() < 250, "a summary of the body, not the body: {}", lines[1]);
+        assert_eq!(lines[2], "lazy-3 (process_batch): wrong answer 3 — caught by test_2");
+        assert_eq!(lines[24], "lazy-25 (process_batch): wrong answer 25 — caught by test_24 (timed out)");
+
+        // The step's detail, printed whole: the last verdict shows too.
+        let detail = format!("{uncaught} lazy answer(s) pass every test:\n{}", lines.join("\n"));
+        let printed = detail_lines(&detail, None);
+        assert_eq!(printed.len(), 25);
+        assert!(printed.last().unwrap().starts_with("lazy-25 "));
+    }
+
+    #[test]
+    fn a_cut_detail_says_how_many_lines_it_left_out() {
+        let detail = (0..=30).map(|n| format!("line {n}")).collect::<Vec<_>>().join("\n");
+        let printed = detail_lines(&detail, Some(20));
+        assert_eq!(printed.len(), 21);
+        assert_eq!(
+            (printed[0].as_str(), printed[19].as_str()),
+            ("line 1", "line 20"),
+            "the first line is not repeated"
+        );
+        assert_eq!(printed[20], "… and 10 more line(s), not shown");
+        assert_eq!(detail_lines(&detail, Some(30)).len(), 30, "nothing cut, nothing said");
+        assert_eq!(detail_lines("only line", Some(20)), Vec::<String>::new());
+        assert_eq!(body_summary("0"), "`0`");
     }
 
     const DEFAULT: Duration = runner::DEFAULT_TIMEOUT;

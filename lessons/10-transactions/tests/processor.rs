@@ -1,7 +1,8 @@
 //! Grades lesson 10's inventory service, a consume-transform-produce stage: a batch's outputs and the offsets that
 //! follow it committed in one transaction, a failing request and a refused write that abort the batch and have it
-//! processed again, a zombie instance fenced by its successor that stops instead of retrying, and a crash between the sends and the
-//! commit after which every request still has exactly one output.
+//! processed again, a request that is not JSON that aborts its batch every time, a zombie instance fenced by its
+//! successor that stops instead of retrying, and a crash between the sends and the commit after which every request
+//! still has exactly one output.
 //!
 //! What a transaction did is read from the requests `kit::FaultProxy` forwards, on every broker. The embedded
 //! broker neither hides aborted records nor stores offsets committed in a transaction, and does not fence: the
@@ -15,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{
-    assigned_consumer, blocking, ids, order_counts, publish_requests, read_to_end, ready_producer, spread, transactions,
+    assigned_consumer, blocking, ids, order_counts, publish_records, publish_requests, read_to_end, ready_producer,
+    spread, transactions,
 };
 use kit::{Capability, FaultProxy};
 use kit_testing::{broker, can_grade, unique, wait_until};
@@ -246,6 +248,52 @@ async fn a_batch_that_cannot_commit_is_aborted_and_processed_again() {
     assert_eq!(outputs.keys().cloned().collect::<BTreeSet<_>>(), ids(&requests), "every request has an output");
     if can_grade(broker(), Capability::ReadCommittedHidesAborted, test) {
         assert!(outputs.values().all(|n| *n == 1), "exactly one output per request: {outputs:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_that_is_not_json_aborts_its_batch_every_time() {
+    // A poison record: a request no one can read. This stage has no dead-letter topic (lesson 08), so the batch
+    // holding it is aborted and rewound like any failed batch, every time. Skipping it would commit its offset
+    // without an output: a request lost, with nothing saying so.
+    let test = "a_request_that_is_not_json_aborts_its_batch_every_time";
+    let stage = Stage::new(1).await;
+    let before = spread(1, &[5]);
+    let poison = before.len() as i64; // its offset
+    publish_requests(&stage.input, &before).await;
+    publish_records(&stage.input, &[(0, "order-0006".into(), "RESERVE order-0006: 1 x SKU-1".into())]).await;
+    publish_requests(&stage.input, &spread(7, &[2])).await;
+    let proxy = FaultProxy::start(broker().bootstrap_servers()).expect("fault proxy");
+    let producer = ready_producer(proxy.bootstrap_servers(), &unique("lesson10-inventory-service")).await;
+    let consumer = assigned_consumer(broker().bootstrap_servers(), &stage.group, &stage.input, 1);
+
+    for attempt in ["the first call", "the call after it (the consumer was rewound)"] {
+        let (c, p, output) = (Arc::clone(&consumer), Arc::clone(&producer), stage.output.clone());
+        let outcome = blocking(move || match process_batch(&c, &p, &output, &mut |r| reserve(r)) {
+            Err(BatchError::Aborted(cause)) => Ok(format!("{cause:#}")),
+            other => Err(format!("{other:?}")),
+        })
+        .await;
+        let message = outcome.unwrap_or_else(|other| {
+            panic!("{attempt}: the batch holding the request that is not JSON is BatchError::Aborted: {other}")
+        });
+        assert!(
+            message.split(|c: char| !c.is_ascii_digit()).any(|n| n == poison.to_string()),
+            "{attempt}: the error names the request that could not be read, offset {poison}: {message}"
+        );
+    }
+    let txns = transactions(&proxy.transaction_log(), &stage.roles());
+    assert!(
+        txns.iter().all(|t| t.end != "commit"),
+        "nothing of a batch holding the poison request is committed, neither outputs nor offsets: {txns:#?}"
+    );
+    if can_grade(broker(), Capability::TransactionalOffsetCommits, test) {
+        let committed = stage.committed().await;
+        assert!(committed.values().all(|o| *o < 0), "the group has committed no offset: {committed:?}");
+    }
+    if can_grade(broker(), Capability::ReadCommittedHidesAborted, test) {
+        let outputs = read_to_end(&stage.output, 1, "read_committed").await;
+        assert!(outputs.is_empty(), "no output of the aborted batches is visible: {outputs:?}");
     }
 }
 

@@ -262,11 +262,13 @@ pub enum BatchError {
 // `StockReserved` written as JSON to `output`, keyed by the order id), and commit, with those outputs, the offsets
 // that resume after the batch for `consumer`'s group — all or nothing. No record: `Batch::Idle`. If reading a
 // request or `transform` fails, or the transaction cannot commit, nothing of the batch may be visible or committed,
-// and the next call must process the same requests again: return `BatchError::Aborted`. If the producer has a fatal
-// error (another instance took over its transactional id), return `BatchError::Fatal` at once: no abort, no retry.
-// The tests read the transactions on the wire (which partitions and offsets, commit or abort), fail `transform`
-// once, make the broker refuse a batch's outputs once, fence the producer with a second instance, and on real
-// Kafka crash it before its commit and count the outputs: exactly one per request.
+// and the next call must process the same requests again: return `BatchError::Aborted`. A payload that is not a
+// `ReserveStock` is no exception (this stage has no dead-letter topic): the error names that request's offset. If
+// the producer has a fatal error (another instance took over its transactional id), return `BatchError::Fatal` at
+// once: no abort, no retry. The tests read the transactions on the wire (which partitions and offsets, commit or
+// abort), fail `transform` once, publish a request that is not JSON, make the broker refuse a batch's outputs once,
+// fence the producer with a second instance, and on real Kafka crash it before its commit and count the outputs:
+// exactly one per request.
 // ANCHOR: process_batch
 /// Reads a batch of requests, writes one reservation per request and commits the input offsets, in one transaction.
 pub fn process_batch(

@@ -59,18 +59,26 @@ pub fn assigned_consumer(bootstrap: &str, group: &str, topic: &str, partitions: 
 /// Writes the `ReserveStock` of each order to `topic`, as plain (non-transactional) records in the partition
 /// given with it, and waits for every delivery report: the inventory service's input.
 pub async fn publish_requests(topic: &str, orders: &[(i32, Order)]) {
+    let records: Vec<(i32, String, String)> = orders
+        .iter()
+        .map(|(partition, order)| {
+            let (_, request) = order.records();
+            (*partition, order.order_id.clone(), serde_json::to_string(&request).unwrap())
+        })
+        .collect();
+    publish_records(topic, &records).await;
+}
+
+/// Writes each `(partition, key, payload)` to `topic` as a plain record, in order, and waits for every delivery
+/// report: input of any shape, a request that is not JSON included.
+pub async fn publish_records(topic: &str, records: &[(i32, String, String)]) {
     let producer: FutureProducer = broker().producer_config().create().expect("a producer");
-    for (partition, order) in orders {
-        let (_, request) = order.records();
-        let payload = serde_json::to_string(&request).unwrap();
+    for (partition, key, payload) in records {
         producer
-            .send(
-                FutureRecord::to(topic).partition(*partition).key(&order.order_id).payload(&payload),
-                Duration::from_secs(20),
-            )
+            .send(FutureRecord::to(topic).partition(*partition).key(key).payload(payload), Duration::from_secs(20))
             .await
             .map_err(|(e, _)| e)
-            .expect("an input request is delivered");
+            .expect("an input record is delivered");
     }
 }
 
