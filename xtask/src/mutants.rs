@@ -121,19 +121,37 @@ fn ensure_cargo_mutants() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The exercise functions of `lesson`'s solution, as the proofs and `sync` find them.
-fn exercise_functions(lesson: &Lesson) -> anyhow::Result<(String, Vec<String>)> {
-    let relative = format!("solutions/{}/src/lib.rs", lesson.dir_name);
-    let source =
-        std::fs::read_to_string(catalog::root().join(&relative)).with_context(|| format!("reading {relative}"))?;
-    let (_, exercises) = exercise::make_exercise(&source, &lesson.number)?;
-    Ok((relative, exercises.into_iter().map(|e| e.function).collect()))
+/// The solution's source files that mark exercises (relative to the workspace root, as cargo-mutants' `--file`
+/// takes them) and the exercise functions they mark, as the proofs and `sync` find them. A lesson may spread its
+/// exercises over several modules (lesson 11 has five).
+fn exercise_functions(lesson: &Lesson) -> anyhow::Result<(Vec<String>, Vec<String>)> {
+    let src = catalog::root().join("solutions").join(&lesson.dir_name).join("src");
+    let mut entries: Vec<_> = std::fs::read_dir(&src)
+        .with_context(|| format!("reading {}", src.display()))?
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .map(|entry| entry.path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "rs"))
+        .collect();
+    entries.sort();
+    let (mut files, mut functions) = (Vec::new(), Vec::new());
+    for path in entries {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let relative = format!("solutions/{}/src/{name}", lesson.dir_name);
+        let source = std::fs::read_to_string(&path).with_context(|| format!("reading {relative}"))?;
+        let (_, exercises) = exercise::make_exercise(&source, &lesson.number)?;
+        if !exercises.is_empty() {
+            files.push(relative);
+            functions.extend(exercises.into_iter().map(|e| e.function));
+        }
+    }
+    Ok((files, functions))
 }
 
 fn mutate(lesson: &Lesson, timeout_seconds: u64) -> anyhow::Result<Verdicts> {
-    let (file, functions) = exercise_functions(lesson)?;
+    let (files, functions) = exercise_functions(lesson)?;
     if functions.is_empty() {
-        bail!("{file} marks no exercise function");
+        bail!("solutions/{}/src marks no exercise function", lesson.dir_name);
     }
     let out_dir = scratch::workbook_dir().join("mutants").join(&lesson.dir_name);
     std::fs::create_dir_all(&out_dir)?;
@@ -141,7 +159,8 @@ fn mutate(lesson: &Lesson, timeout_seconds: u64) -> anyhow::Result<Verdicts> {
     let status = Command::new("cargo")
         .current_dir(catalog::root())
         .env("CARGO_TARGET_DIR", scratch::workbook_dir().join("mutants").join("target"))
-        .args(["mutants", "--no-shuffle", "--package", &lesson.solution_package(), "--file", &file])
+        .args(["mutants", "--no-shuffle", "--package", &lesson.solution_package()])
+        .args(files.iter().flat_map(|file| ["--file", file.as_str()]))
         .arg("--re")
         .arg(format!(r"\b({})\b", functions.join("|")))
         .arg("--timeout")
