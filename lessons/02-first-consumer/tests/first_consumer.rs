@@ -1,5 +1,6 @@
 //! Grades lesson 02: the consumer's configuration, parsing records into events, and the consuming loop.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kit::events::sample_events;
@@ -8,6 +9,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
 use lesson_02::{MalformedEvent, StopReason, consume, consumer_config, parse_event};
+use tracing::instrument::WithSubscriber;
 
 #[test]
 fn the_config_joins_the_group_and_starts_from_the_earliest_record() {
@@ -95,10 +97,13 @@ async fn a_new_group_reads_everything_in_order_and_reports_the_broken_record() {
     // Everything was produced before the consumer existed: only `earliest` lets it see those records.
     let consumer: StreamConsumer = consumer_config(broker, &unique("lesson02")).create().unwrap();
     consumer.subscribe(&[&topic]).unwrap();
-    let consumed =
-        tokio::time::timeout(Duration::from_secs(30), consume(&consumer, 5, std::future::pending())).await.expect(
-            "5 events were not read within 30 s: is auto.offset.reset earliest, and does the loop stop at max_events?",
-        );
+    let log = Captured::default();
+    let consumed = tokio::time::timeout(
+        Duration::from_secs(30),
+        consume(&consumer, 5, std::future::pending()).with_subscriber(log.subscriber()),
+    )
+    .await
+    .expect("5 events were not read within 30 s: is auto.offset.reset earliest, and does the loop stop at max_events?");
 
     assert_eq!(consumed.stopped_by, StopReason::Count);
     let read: Vec<_> = consumed.events.iter().map(|c| c.event.clone()).collect();
@@ -108,7 +113,70 @@ async fn a_new_group_reads_everything_in_order_and_reports_the_broken_record() {
     assert_eq!(offsets, [0, 1, 2, 3, 5], "each event comes with the offset it was read at");
     assert_eq!(consumed.skipped.len(), 1, "the broken record is reported, not dropped silently");
     assert_eq!((consumed.skipped[0].partition, consumed.skipped[0].offset), (0, 4));
+    // Whoever runs the consumer sees the log, not the returned report: the warning must say which record was
+    // skipped (its offset, a word of its own in the line) and why (serde's message for `"user_id": 42`).
+    let logged = log.text();
+    assert!(
+        log.warnings()
+            .iter()
+            .any(|line| words(line).any(|word| word == "4") && line.contains("invalid type: integer `42`")),
+        "the skipped record is logged as a warning giving its offset (4) and the reason; the log was:\n{logged}"
+    );
     kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("what_the_new_group_read", consumed));
+}
+
+#[tokio::test]
+async fn a_receive_error_is_logged_and_the_loop_reads_on() {
+    // With `enable.partition.eof`, the client reports reaching the end of a partition as an error from `recv()`:
+    // a receive error the test can cause, deterministically. The topic is empty when the consumer joins, so its
+    // first fetch ends at the end of the partition. The event is written only once the loop has logged that error,
+    // so a loop that stops on it never sees the event; a loop that reads on takes the event and stops at the count.
+    let broker = broker();
+    let topic = unique("lesson02-eof");
+    broker.create_topic(&topic, 1).await.unwrap();
+    let mut config = consumer_config(broker, &unique("lesson02-eof"));
+    config.set("enable.partition.eof", "true");
+    let consumer: StreamConsumer = config.create().unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    let event = sample_events(1, 1, 1).remove(0);
+    let producer: FutureProducer = broker.producer_config().create().unwrap();
+
+    let log = Captured::default();
+    let write_after_the_error = async {
+        kit_testing::wait_until(
+            "consume to log the receive error (the end of the partition: `Partition EOF`) as a warning that names \
+             it",
+            Duration::from_secs(30),
+            || {
+                let logged = log.warnings().iter().any(|line| line.contains("EOF"));
+                async move { logged.then_some(()) }
+            },
+        )
+        .await;
+        let json = event.to_json();
+        producer
+            .send(FutureRecord::to(&topic).key(&event.user_id).payload(&json), Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    };
+    let (consumed, ()) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(
+            consume(&consumer, 1, std::future::pending()).with_subscriber(log.subscriber()),
+            write_after_the_error
+        )
+    })
+    .await
+    .expect("consume did not read the event written after the receive error within 60 s");
+    assert_eq!(
+        consumed.stopped_by,
+        StopReason::Count,
+        "a receive error must not end the loop (the client retries by itself), and `shutdown` never fired; the log \
+         was:\n{}",
+        log.text()
+    );
+    let read: Vec<_> = consumed.events.iter().map(|c| c.event.clone()).collect();
+    assert_eq!(read, [event], "the event written after the error is read");
 }
 
 #[tokio::test]
@@ -146,4 +214,49 @@ async fn shutdown_stops_a_loop_already_waiting_for_a_record() {
     );
     assert_eq!(consumed.stopped_by, StopReason::Shutdown);
     assert!(consumed.events.is_empty() && consumed.skipped.is_empty());
+}
+
+/// What a future logs while it runs (any level, plain text): `consume(..).with_subscriber(log.subscriber())`. The
+/// subscriber is the future's own, so what other tests and librdkafka's threads log does not end up here.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Captured {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync + 'static {
+        let writer = self.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish()
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The lines logged at WARN or ERROR (an error is more than a warning, never less).
+    fn warnings(&self) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .map(String::from)
+            .collect()
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The words of a log line: its runs of letters and digits (`offset=4` gives `offset` and `4`).
+fn words(line: &str) -> impl Iterator<Item = &str> {
+    line.split(|c: char| !c.is_alphanumeric()).filter(|word| !word.is_empty())
 }

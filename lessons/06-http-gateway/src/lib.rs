@@ -179,8 +179,9 @@ pub async fn publish(producer: &FutureProducer, topic: &str, event: &UserEvent) 
     // TODO(lesson 06): Publish `event` to `topic` and wait for the broker's acknowledgement. One user's events must stay in
     // order, and the payload is `event.to_json()`. A full local queue is an answer (a 503), not a reason to hold the
     // HTTP request: use `QUEUE_TIMEOUT`. Return where the record was stored, from the delivery report, or the failure
-    // sorted by `classify`. The tests find each accepted event where its 202 said, and expect a 503 — not a hang —
-    // when nothing listens at the broker's address, and at once when the local queue is full.
+    // sorted by `classify` (an outage is `Unavailable`, anything else `Rejected`). The tests find each accepted event
+    // where its 202 said, and expect a 503 — not a hang — when nothing listens at the broker's address, a 503 at once
+    // when the local queue is full, and a 500 (`Rejected`) for a record too large for the producer to take.
     todo!("lesson 06: write `publish` (the TODO above says what it must do; `cargo xtask hint 06` helps)")
 }
 // ANCHOR_END: publish

@@ -138,6 +138,29 @@ async fn concurrent_deliveries_of_one_event_apply_it_once() {
 }
 
 #[tokio::test]
+async fn a_duplicate_leaves_the_processed_ids_expiry_as_it_was() {
+    // A processed id is remembered for `processed_ttl` from its first delivery. A duplicate that renewed the mark
+    // would keep an id that keeps being redelivered in Redis for good, and make its expiry depend on traffic. Time
+    // passing is stood for by shortening the mark's expiry by hand, to 1000 s of the store's 3600 s: a duplicate
+    // must leave it there, not put it back to 3600 s.
+    let (mut store, _cleanup) = fresh_store(Duration::from_secs(3600)).await;
+    let click = UserEvent::click("user-1");
+    assert_eq!(apply_event(&mut store, &click).await.unwrap(), Outcome::Applied);
+    let processed_key = store.processed_key(&click);
+    let aged_ms: i64 = 1_000_000;
+    let aged: bool = store.connection().pexpire(&processed_key, aged_ms).await.unwrap();
+    assert!(aged, "the processed-id key {processed_key} must exist after a first delivery");
+
+    assert_eq!(apply_event(&mut store, &click).await.unwrap(), Outcome::Duplicate);
+    let left_ms: i64 = store.connection().pttl(&processed_key).await.unwrap();
+    assert!(
+        left_ms > 0 && left_ms <= aged_ms,
+        "a duplicate changes nothing, not even when the processed id expires: {processed_key} had {aged_ms} ms \
+         left before the duplicate and {left_ms} ms after (-2: the key is gone, -1: it never expires)"
+    );
+}
+
+#[tokio::test]
 async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
     let broker = broker();
     let topic = unique("lesson07-user-events");
@@ -186,6 +209,14 @@ async fn duplicates_and_a_crash_before_commit_still_count_each_event_once() {
         report.applied += run.applied;
         report.duplicates += run.duplicates;
     }
+    // Every record is handled, and nothing more arrives: a run asking for one more record goes idle, which is a
+    // normal end (the report of what it did: nothing), not an error.
+    let idle = Duration::from_millis(500);
+    let run = tokio::time::timeout(Duration::from_secs(30), consume(&worker, &mut store, Until { records: 1, idle }))
+        .await
+        .expect("consume did not return within 30 s although no record arrived for `until.idle` (500 ms)")
+        .expect("going idle is a normal end of `consume`: it returns its report, not an error");
+    assert_eq!(run, ConsumeReport::default(), "an idle run handled nothing");
     assert_eq!(
         report,
         ConsumeReport {

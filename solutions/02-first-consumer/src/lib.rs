@@ -68,9 +68,10 @@ pub fn consumer_config(broker: &Broker, group_id: &str) -> ClientConfig {
 // ANCHOR_END: consumer_config
 
 // EXERCISE: Turn a record's payload back into a `UserEvent`, or say why it is not one — never panic. A record with
-// no payload and bytes that are not a `UserEvent` are different `MalformedEvent`s; for the second keep the JSON
-// parser's own message (it names the field and position, which is what someone fixing the producer needs). The
-// tests feed good, empty and broken payloads.
+// no payload and bytes that are not a `UserEvent` (zero bytes included: they are a payload, just not an event)
+// are different `MalformedEvent`s; for the second keep the JSON parser's own message (it names the field and
+// position, which is what someone fixing the producer needs). The tests feed good, missing, zero-byte and broken
+// payloads.
 // ANCHOR: parse_event
 /// The event in `payload`, or why there is none.
 pub fn parse_event(payload: Option<&[u8]>) -> Result<UserEvent, MalformedEvent> {
@@ -81,10 +82,12 @@ pub fn parse_event(payload: Option<&[u8]>) -> Result<UserEvent, MalformedEvent> 
 
 // EXERCISE: Read from `consumer` (already subscribed) until `max_events` events have been read or `shutdown`
 // completes, whichever comes first, and say which it was. A record `parse_event` refuses becomes a `SkippedRecord`
-// (and a warning in the log) and the loop goes on; so does a receive error (the client retries by itself). The
-// tests expect each event with its partition and offset, in order within each partition, the broken record among
-// the skipped ones, and a loop that stops promptly when `shutdown` fires while it is waiting for a record on a
-// topic where nothing ever arrives.
+// and a warning in the log that gives its offset and the reason, and the loop goes on. A receive error is logged as
+// a warning too, with the error, and never ends the loop: the client retries by itself, and the next record may be
+// on its way. The tests expect each event with its partition and offset, in order within each partition, the
+// broken record among the skipped ones and named in a warning, a loop that reads on after a receive error (the end
+// of a partition, which the tests turn into one), and a loop that stops promptly when `shutdown` fires while it is
+// waiting for a record on a topic where nothing ever arrives.
 // ANCHOR: consume
 /// Consumes events until `max_events` are read or `shutdown` fires, skipping (and reporting) malformed records.
 pub async fn consume(consumer: &StreamConsumer, max_events: usize, shutdown: impl Future<Output = ()>) -> Consumed {

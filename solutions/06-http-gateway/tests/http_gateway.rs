@@ -44,6 +44,8 @@ fn each_bad_body_is_refused_field_by_field() {
         ("04 blank user", r#"{"user_id": "  ", "event_type": "click"}"#.to_string()),
         ("05 user too long", format!(r#"{{"user_id": "{long_user}", "event_type": "click"}}"#)),
         ("06 user not a string", r#"{"user_id": 7, "event_type": "click"}"#.to_string()),
+        // Many clients serialise a field they have no value for as `null`: it is missing, not of the wrong type.
+        ("06b null user", r#"{"user_id": null, "event_type": "click"}"#.to_string()),
         ("07 unknown type", r#"{"user_id": "user-1", "event_type": "refund"}"#.to_string()),
         ("08 type not a string", r#"{"user_id": "user-1", "event_type": 1}"#.to_string()),
         ("09 purchase without amount", r#"{"user_id": "user-1", "event_type": "purchase"}"#.to_string()),
@@ -397,6 +399,32 @@ async fn a_bad_query_string_is_a_400_that_names_the_parameter() {
     assert_eq!((status, &answer["messages"]), (200, &json!([])), "?limit=5 is served: {answer}");
 
     let _ = shut_down(served).await;
+}
+
+#[tokio::test]
+async fn a_record_kafka_will_never_take_is_a_500_not_a_503() {
+    // Not every failure is an outage. This producer takes records of at most 1000 bytes (librdkafka's smallest
+    // `message.max.bytes`) and refuses a larger one itself, at once, broker up or not: sending it again later
+    // changes nothing, so the client must not be told to come back (503) but that the gateway failed (500).
+    let broker = broker();
+    let mut config = broker.producer_config();
+    config.set("message.max.bytes", "1000");
+    let producer: FutureProducer = config.create().unwrap();
+    let topic = unique("lesson06-too-large");
+    let too_large = UserEvent::click("u".repeat(2000));
+    let answer = tokio::time::timeout(Duration::from_secs(10), publish(&producer, &topic, &too_large))
+        .await
+        .expect("a record larger than message.max.bytes is refused by the producer at once, yet publish hung");
+    match answer {
+        Err(PublishError::Rejected { reason }) => assert!(
+            reason.to_lowercase().contains("too large"),
+            "the reason is the Kafka error (message size too large): {reason}"
+        ),
+        other => panic!(
+            "a record too large for the producer is Rejected (500): retrying later cannot help; sort the failure \
+             with `classify`. Got {other:?}"
+        ),
+    }
 }
 
 #[tokio::test]

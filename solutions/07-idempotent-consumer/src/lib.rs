@@ -142,14 +142,15 @@ impl AggregateStore {
     }
 }
 
-// EXERCISE: Apply `event` to Redis exactly once per `event_id`, in ONE atomic step: no other client may act
-// between "was this id seen?" and the update, and no crash may fall between them. A first delivery marks the id
-// processed under `store.processed_key(event)` for `store.processed_ttl()`, and adds the event to the user's hash
-// at `store.aggregates_key(&event.user_id)`: `clicks` or `purchases` + 1, and for a purchase
-// `purchase_total_cents` + its `amount_cents`. A duplicate changes nothing at all. Return which of the two it was.
-// The tests apply injected duplicates, let processed ids expire while the aggregates stay, deliver one purchase
-// eight times at the same moment (exactly one may apply it), and crash a worker before each of your Redis
-// commands in turn: the redelivered event must then count exactly once.
+// EXERCISE: Apply `event` to Redis exactly once per `event_id`, in ONE atomic step: no other client may act between
+// "was this id seen?" and the update, and no crash may fall between them. A first delivery marks the id processed under
+// `store.processed_key(event)` for `store.processed_ttl()`, and adds the event to the user's hash at
+// `store.aggregates_key(&event.user_id)`: `clicks` or `purchases` + 1, and for a purchase `purchase_total_cents` + its
+// `amount_cents`. A duplicate changes nothing at all — not even when the processed id expires, which stays
+// `processed_ttl()` after the first delivery. Return which of the two it was. The tests apply injected duplicates, let
+// processed ids expire while the aggregates stay, age a processed id by hand and deliver it again (its expiry must not
+// move), deliver one purchase eight times at the same moment (exactly one may apply it), and crash a worker before each
+// of your Redis commands in turn: the redelivered event must then count exactly once.
 // ANCHOR: apply_event
 /// Marks `event` processed and updates its user's aggregates, atomically; a duplicate changes nothing.
 pub async fn apply_event(store: &mut AggregateStore, event: &UserEvent) -> anyhow::Result<Outcome> {
@@ -229,13 +230,14 @@ pub struct ConsumeReport {
     pub duplicates: usize,
 }
 
-// EXERCISE: The consumer loop, at-least-once. Read records from `consumer` until `until.records` are handled, or
-// until none arrives within `until.idle`. Each record is decoded (`decode`), applied (`apply_event`), counted in
-// the report, and committed only once its effect is in Redis — so a crash before the commit means redelivery,
-// never a lost event. Any error (a bad record, Redis down) ends the loop at once with that error, the record
-// uncommitted. The tests let a first worker crash before committing, and cut your loop's Redis in the middle of
-// a run; another worker then runs your loop in the same group: the aggregates must be exact and the group's
-// committed offsets must reach the end of every partition.
+// EXERCISE: The consumer loop, at-least-once. Read records from `consumer` until `until.records` are handled, or until
+// none arrives within `until.idle`: both are normal ends, which return the report. Each record is decoded (`decode`),
+// applied (`apply_event`), counted in the report, and committed only once its effect is in Redis — so a crash before
+// the commit means redelivery, never a lost event. Any error (a bad record, Redis down) ends the loop at once with that
+// error, the record uncommitted. The tests let a first worker crash before committing, and cut your loop's Redis in the
+// middle of a run; another worker then runs your loop in the same group: the aggregates must be exact and the group's
+// committed offsets must reach the end of every partition; and one more run, with nothing left to read, must go idle
+// and return an empty report.
 // ANCHOR: consume
 /// Applies records from `consumer` to `store`, committing each one after its effect.
 pub async fn consume(

@@ -104,7 +104,8 @@ impl FailureKind {
 // EXERCISE: Validate a record's payload into a `UserEvent`, or say why it is not one (the reason goes into the DLQ
 // header). Refuse: a missing payload; anything that does not parse as a `UserEvent` (not JSON, wrong types,
 // missing fields); a blank `user_id` (empty or only whitespace); a purchase without `amount_cents` or with 0; a
-// click that carries an amount. The tests hide four such records among valid events.
+// click that carries an amount, whatever it is (0 included: a click has no amount at all). The tests hide four
+// such records among valid events, and try each rule on its own.
 // ANCHOR: validate
 /// The event in `payload`, or the reason it is invalid.
 pub fn validate(payload: Option<&[u8]>) -> Result<UserEvent, String> {

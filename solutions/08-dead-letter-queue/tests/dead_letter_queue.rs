@@ -165,6 +165,14 @@ fn validate_refuses_every_kind_of_invalid_event_and_accepts_valid_ones() {
         ),
         ("a purchase of 0 cents", Some(with(&|json| json["amount_cents"] = serde_json::json!(0)))),
         ("a click with an amount", Some(with(&|json| json["event_type"] = serde_json::json!(EventType::Click)))),
+        // A click carries no amount at all: 0 is an amount too, not its absence.
+        (
+            "a click with an amount of 0",
+            Some(with(&|json| {
+                json["event_type"] = serde_json::json!(EventType::Click);
+                json["amount_cents"] = serde_json::json!(0);
+            })),
+        ),
     ];
     for (case, payload) in invalid {
         match validate(payload.as_deref()) {
