@@ -122,9 +122,20 @@ pub struct LogRecord {
 /// config — so no timer decides what was read; `within` only bounds a read that never ends. Blocking: async
 /// callers run it in `spawn_blocking`.
 pub fn read_to_end(
-    mut config: rdkafka::ClientConfig,
+    config: rdkafka::ClientConfig,
     topic: &str,
     partitions: i32,
+    within: Duration,
+) -> anyhow::Result<Vec<LogRecord>> {
+    let all: Vec<i32> = (0..partitions).collect();
+    read_partitions_to_end(config, topic, &all, within)
+}
+
+/// [`read_to_end`] of some partitions of `topic` only: what a reader that owns those partitions reads.
+pub fn read_partitions_to_end(
+    mut config: rdkafka::ClientConfig,
+    topic: &str,
+    partitions: &[i32],
     within: Duration,
 ) -> anyhow::Result<Vec<LogRecord>> {
     use rdkafka::consumer::BaseConsumer;
@@ -133,7 +144,7 @@ pub fn read_to_end(
     {
         // Dropped before the consumer: a partition list alive at its drop blocks the drop for 30 s.
         let mut assignment = TopicPartitionList::new();
-        for partition in 0..partitions {
+        for &partition in partitions {
             assignment.add_partition_offset(topic, partition, Offset::Beginning)?;
         }
         consumer.assign(&assignment)?;
@@ -141,7 +152,8 @@ pub fn read_to_end(
     let mut records = Vec::new();
     let mut ended = std::collections::BTreeSet::new();
     let deadline = std::time::Instant::now() + within;
-    while ended.len() < partitions as usize {
+    let wanted: std::collections::BTreeSet<i32> = partitions.iter().copied().collect();
+    while ended.len() < wanted.len() {
         anyhow::ensure!(
             std::time::Instant::now() < deadline,
             "{topic}: not read to its end within {within:?}: {ended:?}"

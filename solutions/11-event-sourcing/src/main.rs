@@ -54,7 +54,11 @@ async fn main() -> anyhow::Result<()> {
     // The projector starts before the writer: the read side runs beside the write side, as in production, and
     // its group join (seconds on the embedded broker) overlaps steps 1–6 instead of adding to them.
     let projector = Projector::start(&broker, live.clone())?;
-    let topics = StoreTopics { events: ORDER_EVENTS.name.into(), snapshots: ORDER_SNAPSHOTS.name.into() };
+    let topics = StoreTopics {
+        events: ORDER_EVENTS.name.into(),
+        snapshots: ORDER_SNAPSHOTS.name.into(),
+        partitions: ORDER_EVENTS.partitions,
+    };
     let rebuild_config = broker.consumer_config(&kit::topics::unique("order-rebuild"));
     let write_run = run.clone();
     // The write side blocks (librdkafka's transactional calls do): on the blocking pool, which hands the broker
@@ -177,7 +181,7 @@ async fn read_side(
     let wait = ReadWait { within: Duration::from_secs(1), ..ReadWait::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
-    let app = router(Arc::new(Mutex::new(writer)), live.clone(), wait);
+    let app = router(vec![Arc::new(Mutex::new(writer))], live.clone(), wait)?;
     // The service stops when asked, and only then drops the writer, whose producer must close before the broker.
     let (shutdown, shut) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -351,7 +355,7 @@ fn start_writer(
     let load = || -> anyhow::Result<HashMap<String, OrderState>> {
         let config = broker.consumer_config(&kit::topics::unique("order-writer-recovery"));
         let started = std::time::Instant::now();
-        let recovered = recover(&config, topics, ORDER_EVENTS.partitions, Duration::from_secs(30))?;
+        let recovered = recover(&config, topics, &topics.all_partitions(), Duration::from_secs(30))?;
         println!(
             "   orders: {}, from {} events; {} snapshots used, so {} events folded and {} skipped ({} ms)",
             recovered.orders.len(),
@@ -363,7 +367,8 @@ fn start_writer(
         );
         Ok(recovered.orders)
     };
-    OrderWriter::start(producer, topics.clone(), snapshot_every, load)
+    // This story's writer owns every partition; the chapter's section on owners shows writers sharing them.
+    OrderWriter::start(producer, topics.clone(), topics.all_partitions(), snapshot_every, load)
 }
 
 /// The events `commands` make, in memory: the log the writer wrote for them.

@@ -522,7 +522,8 @@ pub async fn rebuild(
     );
     let topic = events_topic.to_string();
     // read_log blocks its thread until the end of every partition.
-    let records = tokio::task::spawn_blocking(move || store::read_log(config, &topic, partitions, within)).await??;
+    let all = (0..partitions).collect();
+    let records = tokio::task::spawn_blocking(move || store::read_log(config, &topic, &all, within)).await??;
     let mut report = RebuildReport { events: records.len(), ..RebuildReport::default() };
     for record in &records {
         let at = || format!("{events_topic} partition {} offset {}", record.partition, record.offset);

@@ -4,17 +4,21 @@
 //! - `POST /orders/{id}/commands` with `{"expected_version": N, "command": {"type": "ADD_ITEM", …}}` — the
 //!   single writer decides and appends: 202 `{"order_id", "version"}`; 409 when the client decided on another
 //!   version than the order's; 422 when the command is refused; 400 for a body that is not such a request; 503
-//!   when the events could not be appended (nothing was written: the same request may be sent again).
+//!   when the events could not be appended (nothing was written: the same request may be sent again); 421 for an
+//!   order of a partition no writer of this service owns (another instance does: the client, or a router in front,
+//!   sends it there).
 //! - `GET /orders/{id}` — the order's summary from the read model (Redis) only, never from the writer: 404 for an
 //!   order the read model does not know. `?min_version=N` is read-your-writes: the read model lags the log, so a
 //!   client that got version N from its command asks for at least N, and the service waits for the projector
 //!   (within a bound) — then answers 503 with `Retry-After`, saying which version the read model is at.
 //!
-//! The writer is the single writer of every order this service takes commands for: one service instance per
-//! set of partitions, the way the chapter deals orders out. Its calls block (librdkafka's transactions), so it
-//! sits behind a std mutex and runs on tokio's blocking pool; the mutex also makes the commands of one order
-//! take turns, which the version check relies on.
+//! Each writer is the single writer of the orders of its partitions: a command goes to the writer whose
+//! partitions hold the order (by [`crate::store::partition_of`], as the log places it), one service instance per
+//! set of partitions, the way the chapter deals orders out. A writer's calls block (librdkafka's transactions), so
+//! each sits behind a std mutex of its own and runs on tokio's blocking pool; the mutex also makes the commands of
+//! one order take turns, which the version check relies on, while orders of different writers go on in parallel.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,7 +35,7 @@ use tokio::time::Instant;
 
 use crate::order::Command;
 use crate::projection::{OrderSummary, ReadModel};
-use crate::store::{HandleError, OrderWriter};
+use crate::store::{HandleError, OrderWriter, StoreTopics};
 
 /// How the service waits for the read model on `?min_version=N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,18 +122,45 @@ pub struct Accepted {
 
 /// What every handler shares.
 struct ServiceState {
-    writer: Arc<Mutex<OrderWriter>>,
+    /// The writer of each partition this service owns.
+    owners: BTreeMap<i32, Arc<Mutex<OrderWriter>>>,
+    topics: StoreTopics,
     read_model: ReadModel,
     read_wait: ReadWait,
 }
 
-/// The service's routes over `writer` (the single writer of the orders it serves) and `read_model`.
-pub fn router(writer: Arc<Mutex<OrderWriter>>, read_model: ReadModel, read_wait: ReadWait) -> Router {
-    let state = ServiceState { writer, read_model, read_wait };
-    Router::new()
+/// The service's routes over `writers` (the single writers of the orders of their partitions, between them the
+/// partitions this instance serves) and `read_model`. Fails when no writer is given, when they are writers of
+/// different stores, or when two own one partition: that partition's orders would have two writers.
+pub fn router(
+    writers: Vec<Arc<Mutex<OrderWriter>>>,
+    read_model: ReadModel,
+    read_wait: ReadWait,
+) -> anyhow::Result<Router> {
+    let mut owners = BTreeMap::new();
+    let mut topics: Option<StoreTopics> = None;
+    for writer in writers {
+        let (owned, store) = {
+            let locked = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            (locked.owned().clone(), locked.topics().clone())
+        };
+        if let Some(topics) = &topics {
+            anyhow::ensure!(*topics == store, "writers of two stores: {topics:?} and {store:?}");
+        }
+        topics = Some(store);
+        for partition in owned {
+            anyhow::ensure!(
+                owners.insert(partition, Arc::clone(&writer)).is_none(),
+                "two writers own partition {partition}: its orders would have two writers"
+            );
+        }
+    }
+    let topics = topics.ok_or_else(|| anyhow::anyhow!("a service needs at least one writer"))?;
+    let state = ServiceState { owners, topics, read_model, read_wait };
+    Ok(Router::new()
         .route("/orders/{order_id}/commands", post(post_command))
         .route("/orders/{order_id}", get(get_order))
-        .with_state(Arc::new(state))
+        .with_state(Arc::new(state)))
 }
 
 /// An error answer: `{"error": message, …details}`.
@@ -162,8 +193,17 @@ async fn post_command(State(state): State<Arc<ServiceState>>, Path(order_id): Pa
             );
         }
     };
-    let (writer, id) = (Arc::clone(&state.writer), order_id.clone());
-    // The writer blocks (transactions): on the blocking pool, one command at a time.
+    let partition = state.topics.partition_of(&order_id);
+    let Some(writer) = state.owners.get(&partition) else {
+        let owned: Vec<i32> = state.owners.keys().copied().collect();
+        let message = format!(
+            "order {order_id} is in partition {partition}, which this service does not own (it owns {owned:?}): send \
+             the command to the instance that owns partition {partition}"
+        );
+        return error(StatusCode::MISDIRECTED_REQUEST, message, json!({ "partition": partition, "owned": owned }));
+    };
+    let (writer, id) = (Arc::clone(writer), order_id.clone());
+    // The writer blocks (transactions): on the blocking pool, one command at a time per writer.
     let handled = tokio::task::spawn_blocking(move || {
         let mut writer = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         writer.handle(&id, request.expected_version, &request.command)

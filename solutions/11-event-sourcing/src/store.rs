@@ -10,10 +10,16 @@
 //! writer started with the same `transactional.id` — the owner's replacement after a failover — fences the old
 //! one, whose later appends fail instead of corrupting the log.
 //!
+//! One writer for every order would be one machine's worth of commands. Real systems shard the owners the way Kafka
+//! shards the log: an order's events go to the partition its id hashes to ([`partition_of`], Kafka's own
+//! default partitioner), and each partition has one owner — a writer that recovers and appends the orders of its
+//! partitions only, and refuses to append to any other. Commands are routed to the owner by the same hash (the
+//! service does). Each owner has a transactional id of its own, so an owner's replacement fences that owner only.
+//!
 //! Everything here blocks (librdkafka's transactional calls wait on the calling thread, lesson 10): async callers
 //! run it in `spawn_blocking`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
@@ -39,6 +45,59 @@ pub struct StoreTopics {
     pub events: String,
     /// The latest snapshot per order, keyed by order id, compacted (`order-snapshots`).
     pub snapshots: String,
+    /// How many partitions each of the two has: an order's events and snapshots are in the same one.
+    pub partitions: i32,
+}
+
+impl StoreTopics {
+    /// Every partition: what a writer that owns the whole store owns.
+    pub fn all_partitions(&self) -> BTreeSet<i32> {
+        (0..self.partitions).collect()
+    }
+
+    /// The partition of `order_id`'s events and snapshots.
+    pub fn partition_of(&self, order_id: &str) -> i32 {
+        partition_of(order_id, self.partitions)
+    }
+}
+
+/// The partition Kafka's default partitioner (Java's, and librdkafka's `murmur2_random` for keyed records) gives
+/// the key `order_id` among `partitions`: the positive part of the key's murmur2 hash, modulo the count. The
+/// writer names the partition itself instead of leaving it to its producer's partitioner, so the owner of a
+/// partition, the router that sends it commands and any other client agree on where an order lives. (librdkafka's
+/// own default, `consistent_random`, hashes with CRC32 and would put keys elsewhere than Java clients do.)
+pub fn partition_of(order_id: &str, partitions: i32) -> i32 {
+    assert!(partitions > 0, "a topic has at least one partition");
+    (murmur2(order_id.as_bytes()) & 0x7fff_ffff) as i32 % partitions
+}
+
+/// Kafka's murmur2 (`org.apache.kafka.common.utils.Utils.murmur2`), 32 bits, seed 0x9747b28c. Written out here,
+/// twenty lines, rather than taken from a crate: what matters is that it is bit for bit Kafka's, which a test
+/// checks against where librdkafka's Java-compatible partitioner puts the same keys.
+fn murmur2(data: &[u8]) -> u32 {
+    const M: u32 = 0x5bd1_e995;
+    const R: u32 = 24;
+    let mut h: u32 = 0x9747_b28c ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for chunk in &mut chunks {
+        let mut k = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> R;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M);
+        h ^= k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, byte) in tail.iter().enumerate().rev() {
+            h ^= u32::from(*byte) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^= h >> 15;
+    h
 }
 
 /// Why loading an order's events failed: the log holds something a single writer could not have written.
@@ -99,17 +158,20 @@ pub fn producer_config(bootstrap_servers: &str, transactional_id: &str) -> Clien
     config
 }
 
-/// The single writer of a set of orders (see the module comment).
+/// The single writer of the orders of some partitions (see the module comment).
 pub struct OrderWriter {
     producer: TxnProducer,
     topics: StoreTopics,
+    /// The partitions whose orders this writer owns: it appends to these only.
+    owned: BTreeSet<i32>,
     snapshot_every: u64,
     orders: HashMap<String, OrderState>,
 }
 
 impl OrderWriter {
-    /// A writer appending through `producer` (created from [`producer_config`]), taking a snapshot after every
-    /// `snapshot_every`-th event of an order, with the orders `load` returns (from [`recover`]) as its state.
+    /// A writer appending through `producer` (created from [`producer_config`]) the orders of the partitions
+    /// `owned`, taking a snapshot after every `snapshot_every`-th event of an order, with the orders `load`
+    /// returns (from [`recover`] of the same partitions) as its state.
     ///
     /// Fence first, then read: `start` initialises the producer's transactions — which fences any earlier writer
     /// with the same id and aborts what it left open — and only then calls `load`. Read the other way round, an
@@ -118,17 +180,33 @@ impl OrderWriter {
     pub fn start(
         producer: TxnProducer,
         topics: StoreTopics,
+        owned: BTreeSet<i32>,
         snapshot_every: u64,
         load: impl FnOnce() -> anyhow::Result<HashMap<String, OrderState>>,
     ) -> anyhow::Result<OrderWriter> {
         anyhow::ensure!(snapshot_every >= 1, "a snapshot every 0 events");
+        anyhow::ensure!(
+            !owned.is_empty() && owned.iter().all(|p| (0..topics.partitions).contains(p)),
+            "a writer owns some of the store's partitions 0..{}, not {owned:?}",
+            topics.partitions
+        );
         producer.init_transactions(TXN_CALL_TIMEOUT)?;
         let known = load()?;
-        Ok(OrderWriter { producer, topics, snapshot_every, orders: known })
+        Ok(OrderWriter { producer, topics, owned, snapshot_every, orders: known })
     }
 
     pub fn topics(&self) -> &StoreTopics {
         &self.topics
+    }
+
+    /// The partitions whose orders this writer owns.
+    pub fn owned(&self) -> &BTreeSet<i32> {
+        &self.owned
+    }
+
+    /// Whether `order_id` is an order of this writer's partitions.
+    pub fn owns(&self, order_id: &str) -> bool {
+        self.owned.contains(&self.topics.partition_of(order_id))
     }
 
     pub fn snapshot_every(&self) -> u64 {
@@ -145,23 +223,32 @@ impl OrderWriter {
         self.orders.insert(order_id.to_string(), state);
     }
 
-    /// Appends `events` of `order_id` — and `snapshot`, if given — in one transaction: all are written or none.
-    /// On an error the transaction is aborted (unless the producer was fenced: then nothing more can be written
-    /// by it, and the error says so).
+    /// Appends `events` of `order_id` — and `snapshot`, if given — in one transaction: all are written or none,
+    /// to the order's partition of each topic. On an error the transaction is aborted (unless the producer was
+    /// fenced: then nothing more can be written by it, and the error says so). An order of a partition this writer
+    /// does not own is refused before anything is written: its owner is another writer, whose versions this one
+    /// does not know.
     pub fn append(&self, order_id: &str, events: &[StoredEvent], snapshot: Option<&Snapshot>) -> anyhow::Result<()> {
+        let partition = self.topics.partition_of(order_id);
+        anyhow::ensure!(
+            self.owned.contains(&partition),
+            "order {order_id} is in partition {partition} of {}, which this writer does not own (it owns {:?})",
+            self.topics.events,
+            self.owned
+        );
         self.producer.begin_transaction()?;
         let written = (|| -> anyhow::Result<()> {
             for event in events {
                 anyhow::ensure!(event.order_id == order_id, "event of order {} among {order_id}'s", event.order_id);
                 let (key, payload) = codec::encode_event(event);
                 self.producer
-                    .send(BaseRecord::to(&self.topics.events).key(&key).payload(&payload))
+                    .send(BaseRecord::to(&self.topics.events).partition(partition).key(&key).payload(&payload))
                     .map_err(|(error, _)| error)?;
             }
             if let Some(snapshot) = snapshot {
                 let (key, payload) = codec::encode_snapshot(snapshot);
                 self.producer
-                    .send(BaseRecord::to(&self.topics.snapshots).key(&key).payload(&payload))
+                    .send(BaseRecord::to(&self.topics.snapshots).partition(partition).key(&key).payload(&payload))
                     .map_err(|(error, _)| error)?;
             }
             self.producer.commit_transaction(TXN_CALL_TIMEOUT)?;
@@ -237,17 +324,18 @@ pub fn is_fatal(error: &anyhow::Error) -> bool {
 /// A record as the event store's reader saw it.
 pub use kit::read::LogRecord;
 
-/// Every committed record of `topic` (all `partitions`), in log order per partition, read to the end from the
+/// Every committed record of the `partitions` of `topic`, in log order per partition, read to the end from the
 /// beginning with a consumer made from `config` (bootstrap servers and tuning; a group id is needed by librdkafka
-/// but nothing is committed): `kit::read::read_to_end` as a `read_committed` reader.
+/// but nothing is committed): `kit::read::read_partitions_to_end` as a `read_committed` reader.
 pub fn read_log(
     mut config: ClientConfig,
     topic: &str,
-    partitions: i32,
+    partitions: &BTreeSet<i32>,
     within: Duration,
 ) -> anyhow::Result<Vec<LogRecord>> {
     config.set("isolation.level", "read_committed");
-    kit::read::read_to_end(config, topic, partitions, within)
+    let partitions: Vec<i32> = partitions.iter().copied().collect();
+    kit::read::read_partitions_to_end(config, topic, &partitions, within)
 }
 
 /// What recovering from the log found: the orders, and how much work the snapshots saved.
@@ -261,12 +349,13 @@ pub struct Recovered {
     pub snapshots_used: usize,
 }
 
-/// Loads every order of the store from its latest snapshot and the events after it: what a writer does when it
-/// starts, before it takes commands. Fails on a record that is not an event, and on a corrupted order.
+/// Loads every order of the store's `partitions` from its latest snapshot and the events after it: what a writer
+/// does when it starts, before it takes commands, for the partitions it owns. Fails on a record that is not an
+/// event, and on a corrupted order.
 pub fn recover(
     config: &ClientConfig,
     topics: &StoreTopics,
-    partitions: i32,
+    partitions: &BTreeSet<i32>,
     within: Duration,
 ) -> anyhow::Result<Recovered> {
     let mut snapshots: BTreeMap<String, Snapshot> = BTreeMap::new();

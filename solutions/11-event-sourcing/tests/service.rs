@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -20,11 +21,16 @@ use solution_11::projection::{OrderSummary, ReadModel};
 use solution_11::service::{ReadWait, router};
 use solution_11::store::OrderWriter;
 
-/// Serves the service on a free local port; its base URL.
+/// Serves the service of one writer on a free local port; its base URL.
 async fn serve(writer: Arc<Mutex<OrderWriter>>, read_model: ReadModel, read_wait: ReadWait) -> String {
+    serve_owners(vec![writer], read_model, read_wait).await
+}
+
+/// Serves the service of `writers` (each the owner of its partitions) on a free local port; its base URL.
+async fn serve_owners(writers: Vec<Arc<Mutex<OrderWriter>>>, read_model: ReadModel, read_wait: ReadWait) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
     let address = listener.local_addr().expect("the service's address");
-    let app = router(writer, read_model, read_wait);
+    let app = router(writers, read_model, read_wait).expect("the writers own distinct partitions");
     tokio::spawn(async move { axum::serve(listener, app).await.expect("the service runs") });
     format!("http://{address}")
 }
@@ -112,6 +118,40 @@ async fn commands_are_answered_202_409_422_or_400() {
         "no_version": no_version,
     });
     kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("command_refusals", answers));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_command_goes_to_the_writer_of_its_orders_partition() {
+    let topics = store_topics().await;
+    let in_partition = |wanted: &dyn Fn(i32) -> bool| {
+        (0..).map(|i| format!("order-{i}")).find(|id| wanted(topics.partition_of(id))).expect("an order id")
+    };
+    let (ours, theirs) = (in_partition(&|p| p == 0), in_partition(&|p| p != 0));
+    let first = owner(broker().bootstrap_servers(), &topics, BTreeSet::from([0])).await;
+    let rest = owner(broker().bootstrap_servers(), &topics, (1..PARTITIONS).collect()).await;
+    let (read_model, _clear) = read_model("lesson11-owners").await;
+
+    // One service over both owners: each order's commands reach its owner, whose versions it checks.
+    let base = serve_owners(vec![Arc::clone(&first), Arc::clone(&rest)], read_model.clone(), SHORT_WAIT).await;
+    for order in [&ours, &theirs] {
+        let placed = command(&base, order, 0, json!({"type": "PLACE_ORDER", "customer_id": "customer-7"})).await;
+        assert_eq!(placed.status, 202, "{order}: {placed:?}");
+    }
+    let version = |writer: &Arc<Mutex<OrderWriter>>, order: &str| writer.lock().unwrap().state(order).version;
+    assert_eq!((version(&first, &ours), version(&first, &theirs)), (1, 0), "partition 0's order went to its owner");
+    assert_eq!((version(&rest, &theirs), version(&rest, &ours)), (1, 0), "the other order went to its owner");
+
+    // A service over partition 0 only: a command for another partition's order is not its to carry out.
+    let partial = serve_owners(vec![Arc::clone(&first)], read_model.clone(), SHORT_WAIT).await;
+    let misdirected = command(&partial, &theirs, 1, json!({"type": "CONFIRM_ORDER"})).await;
+    assert_eq!(misdirected.status, 421, "{misdirected:?}");
+    assert_eq!(misdirected.body["partition"], json!(topics.partition_of(&theirs)), "{misdirected:?}");
+    assert_eq!(version(&rest, &theirs), 1, "the misdirected command changed nothing");
+
+    // Two writers of one partition would be two writers of its orders: the service refuses to start.
+    let twice = router(vec![Arc::clone(&first), Arc::clone(&first)], read_model, SHORT_WAIT);
+    let error = twice.expect_err("two owners of partition 0 are refused").to_string();
+    assert!(error.contains("partition 0"), "{error}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -6,16 +6,19 @@
 //! librdkafka's transactional calls block: the tests run on tokio's multi-threaded runtime and call the writer
 //! through `blocking`, on tokio's blocking pool.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kit::{Capability, FaultProxy};
 use kit_testing::{broker, can_grade, unique};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaRespErr;
 use serde::Serialize;
 use solution_11::codec::{Snapshot, decode_event, decode_snapshot};
-use solution_11::store::{LoadError, OrderWriter, StoreTopics, producer_config, read_log, recover, restore};
+use solution_11::store::{
+    LoadError, OrderWriter, StoreTopics, partition_of, producer_config, read_log, recover, restore,
+};
 use solution_11::{Command, Event, HandleError, OrderState, Status, StoredEvent, replay};
 
 const PARTITIONS: i32 = 3;
@@ -26,7 +29,11 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
 
 /// A fresh pair of store topics (the snapshots one compacted on real Kafka, with `snapshot_configs` added).
 async fn store_topics(snapshot_configs: &[(&str, String)]) -> StoreTopics {
-    let topics = StoreTopics { events: unique("lesson11-events"), snapshots: unique("lesson11-snapshots") };
+    let topics = StoreTopics {
+        events: unique("lesson11-events"),
+        snapshots: unique("lesson11-snapshots"),
+        partitions: PARTITIONS,
+    };
     broker().create_topic(&topics.events, PARTITIONS).await.expect("events topic");
     let mut configs = vec![("cleanup.policy", "compact".to_string())];
     configs.extend(snapshot_configs.iter().cloned());
@@ -34,13 +41,24 @@ async fn store_topics(snapshot_configs: &[(&str, String)]) -> StoreTopics {
     topics
 }
 
-/// A writer at `bootstrap` (the broker's or a proxy's) with nothing known yet, shared with blocking closures.
+/// A writer of every partition at `bootstrap` (the broker's or a proxy's) with nothing known yet, shared with
+/// blocking closures.
 async fn writer(bootstrap: &str, topics: &StoreTopics, snapshot_every: u64) -> Arc<Mutex<OrderWriter>> {
+    owner(bootstrap, topics, topics.all_partitions(), snapshot_every).await
+}
+
+/// A writer of the partitions `owned`, with an identity of its own and nothing known yet.
+async fn owner(
+    bootstrap: &str,
+    topics: &StoreTopics,
+    owned: BTreeSet<i32>,
+    snapshot_every: u64,
+) -> Arc<Mutex<OrderWriter>> {
     let producer = producer_config(bootstrap, &unique("lesson11-writer")).create().expect("a producer");
     let topics = topics.clone();
     blocking(move || {
-        let writer =
-            OrderWriter::start(producer, topics, snapshot_every, || Ok(HashMap::new())).expect("the writer starts");
+        let writer = OrderWriter::start(producer, topics, owned, snapshot_every, || Ok(HashMap::new()))
+            .expect("the writer starts");
         Arc::new(Mutex::new(writer))
     })
     .await
@@ -83,7 +101,7 @@ fn add(sku: &str, quantity: u32, unit_price_cents: u64) -> Command {
 async fn events_in(topic: &str) -> Vec<(String, StoredEvent)> {
     let (config, topic) = (broker().consumer_config(&unique("lesson11-reader")), topic.to_string());
     blocking(move || {
-        read_log(config, &topic, PARTITIONS, Duration::from_secs(30))
+        read_log(config, &topic, &(0..PARTITIONS).collect(), Duration::from_secs(30))
             .expect("the events topic reads to its end")
             .into_iter()
             .map(|r| (r.key.unwrap_or_default(), decode_event(&r.payload).expect("an event record")))
@@ -96,7 +114,7 @@ async fn events_in(topic: &str) -> Vec<(String, StoredEvent)> {
 async fn snapshots_in(topic: &str) -> Vec<(String, Snapshot)> {
     let (config, topic) = (broker().consumer_config(&unique("lesson11-reader")), topic.to_string());
     blocking(move || {
-        read_log(config, &topic, PARTITIONS, Duration::from_secs(30))
+        read_log(config, &topic, &(0..PARTITIONS).collect(), Duration::from_secs(30))
             .expect("the snapshots topic reads to its end")
             .into_iter()
             .map(|r| (r.key.unwrap_or_default(), decode_snapshot(&r.payload).expect("a snapshot record")))
@@ -106,8 +124,13 @@ async fn snapshots_in(topic: &str) -> Vec<(String, Snapshot)> {
 }
 
 async fn recovered(topics: &StoreTopics) -> anyhow::Result<solution_11::store::Recovered> {
+    recovered_of(topics, topics.all_partitions()).await
+}
+
+/// What a writer of the partitions `owned` recovers.
+async fn recovered_of(topics: &StoreTopics, owned: BTreeSet<i32>) -> anyhow::Result<solution_11::store::Recovered> {
     let (config, topics) = (broker().consumer_config(&unique("lesson11-recover")), topics.clone());
-    blocking(move || recover(&config, &topics, PARTITIONS, Duration::from_secs(30))).await
+    blocking(move || recover(&config, &topics, &owned, Duration::from_secs(30))).await
 }
 
 /// An event as the trail snapshot shows it.
@@ -282,6 +305,93 @@ async fn recovery_from_snapshots_and_tails_gives_the_writers_orders() {
     let skipped: u64 = expected.values().map(|s| s.version / 3 * 3).sum();
     assert!(skipped > 0);
     assert_eq!(recovered.events_folded as u64, events.len() as u64 - skipped, "the snapshots saved that many folds");
+}
+
+/// Where librdkafka's Java-compatible partitioner (`murmur2_random`, what Java clients do by default) puts each of
+/// `keys` in a fresh topic of `PARTITIONS` partitions.
+async fn placed_by_kafkas_partitioner(keys: &[String]) -> Vec<i32> {
+    let topic = unique("lesson11-partitioner");
+    broker().create_topic(&topic, PARTITIONS).await.expect("topic");
+    let mut config = broker().producer_config();
+    config.set("partitioner", "murmur2_random");
+    let producer: FutureProducer = config.create().expect("a producer");
+    let mut partitions = Vec::new();
+    for key in keys {
+        let record = FutureRecord::to(&topic).key(key).payload("");
+        let delivery = producer.send(record, Duration::from_secs(10)).await.expect("delivered");
+        partitions.push(delivery.partition);
+    }
+    partitions
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_writer_appends_and_recovers_the_orders_of_its_own_partitions_only() {
+    // The partition of an order is where Kafka's default partitioner puts its id: every client agrees.
+    let keys: Vec<String> = (0..24).map(|i| unique(&format!("order-{i}"))).collect();
+    let placed = placed_by_kafkas_partitioner(&keys).await;
+    let computed: Vec<i32> = keys.iter().map(|k| partition_of(k, PARTITIONS)).collect();
+    assert_eq!(computed, placed, "partition_of agrees with Kafka's murmur2 partitioner for {keys:?}");
+    let ours = keys.iter().find(|k| partition_of(k, PARTITIONS) == 0).expect("a key of partition 0").clone();
+    let theirs = keys.iter().find(|k| partition_of(k, PARTITIONS) != 0).expect("a key of another partition").clone();
+
+    // Two writers, each with an identity of its own, share the store: one owns partition 0, the other the rest.
+    let topics = store_topics(&[]).await;
+    let first = owner(broker().bootstrap_servers(), &topics, BTreeSet::from([0]), 2).await;
+    let rest = owner(broker().bootstrap_servers(), &topics, BTreeSet::from([1, 2]), 2).await;
+    assert_eq!(send(&first, &ours, 0, vec![place("customer-1"), add("LAPTOP", 1, 99_900)]).await, [Ok(1), Ok(2)]);
+    let misrouted = send(&first, &theirs, 0, vec![place("customer-2")]).await;
+    let refusal = misrouted[0].clone().expect_err("a writer refuses an order of a partition it does not own");
+    assert!(refusal.contains("does not own"), "the refusal says why: {refusal}");
+    assert_eq!(send(&rest, &theirs, 0, vec![place("customer-2")]).await, [Ok(1)], "its owner takes it");
+
+    // Each order's events and snapshots are in its partition, and the misrouted command wrote nothing.
+    let (config, events) = (broker().consumer_config(&unique("lesson11-reader")), topics.events.clone());
+    let records = blocking(move || read_log(config, &events, &(0..PARTITIONS).collect(), Duration::from_secs(30)))
+        .await
+        .expect("the events topic reads to its end");
+    let mut seen: Vec<(String, u64, i32)> = records
+        .iter()
+        .map(|r| {
+            let event = decode_event(&r.payload).expect("an event record");
+            (event.order_id, event.version, r.partition)
+        })
+        .collect();
+    seen.sort();
+    let mut expected =
+        vec![(ours.clone(), 1, 0), (ours.clone(), 2, 0), (theirs.clone(), 1, topics.partition_of(&theirs))];
+    expected.sort();
+    assert_eq!(seen, expected, "every event in its order's partition, none of the refused command");
+    let snapshot_partitions: Vec<(String, i32)> = {
+        let (config, snapshots) = (broker().consumer_config(&unique("lesson11-reader")), topics.snapshots.clone());
+        blocking(move || read_log(config, &snapshots, &(0..PARTITIONS).collect(), Duration::from_secs(30)))
+            .await
+            .expect("the snapshots topic reads to its end")
+            .into_iter()
+            .map(|r| (r.key.unwrap_or_default(), r.partition))
+            .collect()
+    };
+    assert_eq!(snapshot_partitions, [(ours.clone(), 0)], "the snapshot (every 2 events) is in its order's partition");
+
+    // A writer that restarts recovers the orders of its partitions: between them, the whole store.
+    let of_first = recovered_of(&topics, BTreeSet::from([0])).await.expect("recovery of partition 0");
+    let of_rest = recovered_of(&topics, BTreeSet::from([1, 2])).await.expect("recovery of partitions 1 and 2");
+    let ids = |r: &solution_11::store::Recovered| r.orders.keys().cloned().collect::<BTreeSet<_>>();
+    assert_eq!(ids(&of_first), BTreeSet::from([ours.clone()]));
+    assert_eq!(ids(&of_rest), BTreeSet::from([theirs.clone()]));
+    let all = recovered(&topics).await.expect("recovery of every partition");
+    assert_eq!(all.orders[&ours], of_first.orders[&ours]);
+    assert_eq!(all.orders[&theirs], of_rest.orders[&theirs]);
+    assert_eq!(all.orders[&ours].version, 2);
+
+    // Ownership is of the store's partitions, and at least one.
+    let producer =
+        producer_config(broker().bootstrap_servers(), &unique("lesson11-writer")).create().expect("a producer");
+    let topics_again = topics.clone();
+    let outside = blocking(move || {
+        OrderWriter::start(producer, topics_again, BTreeSet::from([PARTITIONS]), 2, || Ok(HashMap::new())).map(drop)
+    })
+    .await;
+    assert!(outside.is_err(), "a writer cannot own partition {PARTITIONS} of a {PARTITIONS}-partition store");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,7 +7,7 @@
 
 #![allow(dead_code)] // each test file uses its own part of this module
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,19 +67,29 @@ pub fn add(sku: &str, quantity: u32, unit_price_cents: u64) -> Command {
 
 /// A fresh pair of store topics.
 pub async fn store_topics() -> StoreTopics {
-    let topics = StoreTopics { events: unique("lesson11-events"), snapshots: unique("lesson11-snapshots") };
+    let topics = StoreTopics {
+        events: unique("lesson11-events"),
+        snapshots: unique("lesson11-snapshots"),
+        partitions: PARTITIONS,
+    };
     broker().create_topic(&topics.events, PARTITIONS).await.expect("events topic");
     let compacted = [("cleanup.policy", "compact".to_string())];
     broker().create_topic_with(&topics.snapshots, PARTITIONS, &compacted).await.expect("snapshots topic");
     topics
 }
 
-/// A writer at `bootstrap` (the broker's or a proxy's) with nothing known yet, shared with blocking closures.
+/// A writer of every partition at `bootstrap` (the broker's or a proxy's) with nothing known yet, shared with
+/// blocking closures.
 pub async fn writer(bootstrap: &str, topics: &StoreTopics) -> Arc<Mutex<OrderWriter>> {
+    owner(bootstrap, topics, topics.all_partitions()).await
+}
+
+/// A writer of the partitions `owned`, with an identity of its own and nothing known yet.
+pub async fn owner(bootstrap: &str, topics: &StoreTopics, owned: BTreeSet<i32>) -> Arc<Mutex<OrderWriter>> {
     let producer = producer_config(bootstrap, &unique("lesson11-writer")).create().expect("a producer");
     let topics = topics.clone();
     blocking(move || {
-        let writer = OrderWriter::start(producer, topics, 5, || Ok(HashMap::new())).expect("the writer starts");
+        let writer = OrderWriter::start(producer, topics, owned, 5, || Ok(HashMap::new())).expect("the writer starts");
         Arc::new(Mutex::new(writer))
     })
     .await
