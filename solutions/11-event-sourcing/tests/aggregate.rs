@@ -182,6 +182,9 @@ fn every_event_folds_into_the_state() {
         &Event::ItemAdded { sku: "MOUSE".into(), quantity: 1, unit_price_cents: 2_500, currency: "USD".into() },
     );
     assert_eq!(usd.currency.as_deref(), Some("USD"), "the first item's currency is the order's");
+    // `evolve` never refuses, so it folds whatever the log holds; the order's currency stays its first item's.
+    let then_eur = evolve(usd, &item("DOCK", 1, 18_900));
+    assert_eq!(then_eur.currency.as_deref(), Some("USD"), "a later item does not change the order's currency");
 }
 
 /// A command a client might send, valid or not, for the property test.

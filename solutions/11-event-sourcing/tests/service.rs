@@ -18,7 +18,7 @@ use rdkafka::types::RDKafkaRespErr;
 use serde::Serialize;
 use serde_json::{Value, json};
 use solution_11::projection::{OrderSummary, ReadModel};
-use solution_11::service::{ReadWait, router};
+use solution_11::service::{OrderRead, ReadWait, read_order, router};
 use solution_11::store::OrderWriter;
 
 /// Serves the service of one writer on a free local port; its base URL.
@@ -206,6 +206,14 @@ async fn queries_answer_from_the_read_model_only() {
     assert_eq!(unknown.status, 404, "{unknown:?}");
     let bad_version = get(&base, "/orders/order-3?min_version=latest").await;
     assert_eq!(bad_version.status, 400, "{bad_version:?}");
+    // No version asked for: the answer is at once, whatever the bound. Given a minute to wait, `read_order` must
+    // answer an unknown order long before it (the test allows it 20 s, for a Redis read of a few milliseconds).
+    let patient = ReadWait { within: Duration::from_secs(60), poll_every: Duration::from_millis(20) };
+    let at_once = tokio::time::timeout(Duration::from_secs(20), read_order(&mut read_model, "order-4", 0, patient))
+        .await
+        .expect("min_version 0 answers at once, without waiting for the bound")
+        .expect("the read model answers");
+    assert_eq!(at_once, OrderRead::Unknown);
     let answers = json!({ "found": found, "unknown": unknown, "bad_version": bad_version });
     kit_testing::redact::settings().bind(|| insta::assert_json_snapshot!("query_answers", answers));
 }

@@ -10,6 +10,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kit::fault_proxy::TxnRequest;
 use kit::{Capability, FaultProxy};
 use kit_testing::{broker, can_grade, unique};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -179,6 +180,38 @@ async fn commands_append_numbered_events_and_a_snapshot_every_nth() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_commands_events_and_its_snapshot_are_one_transaction() {
+    // The writer goes through a proxy that records each transaction's partitions and its end.
+    let proxy = FaultProxy::start(broker().bootstrap_servers()).expect("fault proxy");
+    let topics = store_topics(&[]).await;
+    let writer = writer(proxy.bootstrap_servers(), &topics, 2).await;
+    let results = send(&writer, "order-1", 0, vec![place("customer-7"), add("LAPTOP", 1, 99_900)]).await;
+    assert_eq!(results, [Ok(1), Ok(2)]);
+
+    // One transaction per command; the second writes event 2 and the snapshot at 2, together.
+    let mut transactions: Vec<BTreeSet<String>> = vec![BTreeSet::new()];
+    for request in proxy.transaction_log() {
+        match request {
+            TxnRequest::AddPartitionsToTxn { partitions, .. } => {
+                transactions.last_mut().unwrap().extend(partitions.into_iter().map(|(topic, _)| topic));
+            }
+            TxnRequest::EndTxn { committed, .. } => {
+                assert!(committed, "nothing was refused, nothing aborted");
+                transactions.push(BTreeSet::new());
+            }
+            _ => {}
+        }
+    }
+    transactions.pop();
+    let both = BTreeSet::from([topics.events.clone(), topics.snapshots.clone()]);
+    assert_eq!(
+        transactions,
+        [BTreeSet::from([topics.events.clone()]), both],
+        "a transaction per command, the snapshot in its command's"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn each_order_counts_its_own_versions_and_gets_its_own_snapshots() {
     let topics = store_topics(&[]).await;
     let writer = writer(broker().bootstrap_servers(), &topics, 2).await;
@@ -204,6 +237,8 @@ async fn a_stale_version_or_a_rejected_command_writes_nothing() {
     let topics = store_topics(&[]).await;
     let writer = writer(broker().bootstrap_servers(), &topics, 100).await;
     assert_eq!(send(&writer, "order-1", 0, vec![place("customer-7"), add("LAPTOP", 1, 99_900)]).await, [Ok(1), Ok(2)]);
+    let confirmed = vec![place("customer-3"), add("DOCK", 1, 18_900), Command::ConfirmOrder];
+    assert_eq!(send(&writer, "order-3", 0, confirmed).await, [Ok(1), Ok(2), Ok(3)]);
 
     let w = Arc::clone(&writer);
     let outcomes = blocking(move || {
@@ -213,11 +248,21 @@ async fn a_stale_version_or_a_rejected_command_writes_nothing() {
         let stale_even_if_harmless = writer.handle("order-1", 0, &Command::ConfirmOrder);
         let new_order_behind = writer.handle("order-2", 4, &place("customer-8"));
         let rejected = writer.handle("order-1", 2, &place("customer-9"));
-        [behind, ahead, stale_even_if_harmless, new_order_behind, rejected]
+        // Stale first, whatever the command: one decide would refuse, or find nothing to do, is still Stale.
+        let stale_and_refused = writer.handle("order-1", 1, &place("customer-9"));
+        let stale_and_nothing_to_do = writer.handle("order-3", 1, &Command::ConfirmOrder);
+        [behind, ahead, stale_even_if_harmless, new_order_behind, rejected, stale_and_refused, stale_and_nothing_to_do]
     })
     .await;
-    let [behind, ahead, harmless, new_order, rejected] = outcomes;
-    for (outcome, expected, actual) in [(&behind, 1, 2), (&ahead, 3, 2), (&harmless, 0, 2), (&new_order, 4, 0)] {
+    let [behind, ahead, harmless, new_order, rejected, refused, nothing_to_do] = outcomes;
+    for (outcome, expected, actual) in [
+        (&behind, 1, 2),
+        (&ahead, 3, 2),
+        (&harmless, 0, 2),
+        (&new_order, 4, 0),
+        (&refused, 1, 2),
+        (&nothing_to_do, 1, 3),
+    ] {
         match outcome {
             Err(HandleError::Stale { expected: e, actual: a, .. }) => {
                 assert_eq!((*e, *a), (expected, actual), "Stale carries both versions");
@@ -234,8 +279,12 @@ async fn a_stale_version_or_a_rejected_command_writes_nothing() {
         "a command decide refuses is Rejected: {rejected:?}"
     );
 
-    let versions: Vec<(String, u64)> =
-        events_in(&topics.events).await.into_iter().map(|(key, e)| (key, e.version)).collect();
+    let versions: Vec<(String, u64)> = events_in(&topics.events)
+        .await
+        .into_iter()
+        .map(|(key, e)| (key, e.version))
+        .filter(|(k, _)| k != "order-3")
+        .collect();
     assert_eq!(versions, [("order-1".to_string(), 1), ("order-1".to_string(), 2)], "nothing more was appended");
     assert_eq!(writer.lock().unwrap().state("order-2"), OrderState::default(), "order-2 was never placed");
     assert_eq!(send(&writer, "order-1", 2, vec![add("MOUSE", 1, 2_500)]).await, [Ok(3)], "the right version works");
@@ -417,6 +466,15 @@ async fn restore_refuses_what_a_single_writer_cannot_have_written() {
     let at_2 = Snapshot { order_id: "o".into(), state: replay(history[..2].iter().map(|e| &e.event)) };
     assert_eq!(restore(Some(&at_2), &history[2..]), restore(None, &history), "snapshot + tail = full replay");
     assert_eq!(restore(Some(&at_2), &history), restore(None, &history), "snapshot + whole history = full replay");
+    // What the snapshot holds is not folded again: a snapshot the events before it do not match (marked here
+    // with a customer no event names) is taken as it is, and only the events after it are folded.
+    let marked = Snapshot {
+        order_id: "o".into(),
+        state: OrderState { customer_id: Some("from-the-snapshot".into()), ..at_2.state.clone() },
+    };
+    let loaded = restore(Some(&marked), &history).expect("the snapshot and the events after it");
+    assert_eq!(loaded.customer_id.as_deref(), Some("from-the-snapshot"), "started from the snapshot: {loaded:?}");
+    assert_eq!(loaded.version, 4);
     assert_eq!(restore(Some(&at_2), &[]), Ok(at_2.state.clone()), "a snapshot with no tail is the state");
     assert_eq!(
         restore(Some(&at_2), &[added(4, "C")]),
