@@ -64,7 +64,7 @@ pub const ORDERS_EVENTS: TopicSpec = TopicSpec {
     retention_ms: Some(7 * DAY_MS),
     compression: "lz4",
     compacted: false,
-    purpose: "lesson 10: ORDER_CREATED events, keyed by order_id",
+    purpose: "lessons 10 and 12: what happened to each order (created, placed, confirmed, cancelled), keyed by order_id",
 };
 
 /// Stock reservations the order service asks of the inventory service (lesson 10), keyed by `order_id`.
@@ -110,6 +110,69 @@ pub const ORDER_SNAPSHOTS: TopicSpec = TopicSpec {
     purpose: "lesson 11: the latest snapshot per order (compacted)",
 };
 
+/// Lesson 12's saga topics: seed 002's table (partitions, retention, compression), with the payment service it
+/// lacked and a changelog per service. Every message is keyed by the order id, which is the saga's id.
+const fn saga_topic(name: &'static str, retention_ms: i64, compression: &'static str, purpose: &'static str) -> TopicSpec {
+    TopicSpec { name, partitions: 3, retention_ms: Some(retention_ms), compression, compacted: false, purpose }
+}
+
+/// A service's changelog: the latest value of each key of its state, compacted (lesson 12).
+const fn changelog(name: &'static str, purpose: &'static str) -> TopicSpec {
+    TopicSpec { name, partitions: 3, retention_ms: None, compression: "lz4", compacted: true, purpose }
+}
+
+pub const ORDERS_REQUESTS: TopicSpec =
+    saga_topic("orders.requests", DAY_MS, "lz4", "lesson 12: clients' PlaceOrder requests, each starting a saga");
+pub const ORDERS_SAGAS: TopicSpec = changelog("orders.sagas", "lesson 12: the order service's sagas (compacted)");
+pub const INVENTORY_COMMANDS: TopicSpec =
+    saga_topic("inventory.commands", DAY_MS, "lz4", "lesson 12: reserve, release and commit stock");
+pub const INVENTORY_RESPONSES: TopicSpec =
+    saga_topic("inventory.responses", DAY_MS, "lz4", "lesson 12: the inventory's answers");
+pub const INVENTORY_STATE: TopicSpec =
+    changelog("inventory.state", "lesson 12: stock per SKU and reservations per order (compacted)");
+pub const PAYMENTS_COMMANDS: TopicSpec = saga_topic("payments.commands", DAY_MS, "lz4", "lesson 12: charge and refund");
+pub const PAYMENTS_RESPONSES: TopicSpec =
+    saga_topic("payments.responses", DAY_MS, "lz4", "lesson 12: the payment service's answers");
+pub const PAYMENTS_STATE: TopicSpec =
+    changelog("payments.state", "lesson 12: payments per order and money totals (compacted)");
+pub const NOTIFICATIONS_REQUESTS: TopicSpec =
+    saga_topic("notifications.requests", 2 * DAY_MS, "gzip", "lesson 12: messages for customers");
+pub const NOTIFICATIONS_STATE: TopicSpec =
+    changelog("notifications.state", "lesson 12: notifications sent or dead-lettered (compacted)");
+pub const NOTIFICATIONS_DLQ: TopicSpec = TopicSpec {
+    name: "notifications.dlq",
+    partitions: 1,
+    retention_ms: Some(30 * DAY_MS),
+    compression: "gzip",
+    compacted: false,
+    purpose: "lesson 12: notifications not sent after 3 attempts, with why",
+};
+pub const SAGA_DLQ: TopicSpec = TopicSpec {
+    name: "saga.dlq",
+    partitions: 1,
+    retention_ms: Some(30 * DAY_MS),
+    compression: "gzip",
+    compacted: false,
+    purpose: "lesson 12: inputs of the saga's services that are not what their topic carries",
+};
+
+/// Every topic of lesson 12's saga.
+pub const SAGA_TOPICS: &[TopicSpec] = &[
+    ORDERS_REQUESTS,
+    ORDERS_EVENTS,
+    ORDERS_SAGAS,
+    INVENTORY_COMMANDS,
+    INVENTORY_RESPONSES,
+    INVENTORY_STATE,
+    PAYMENTS_COMMANDS,
+    PAYMENTS_RESPONSES,
+    PAYMENTS_STATE,
+    NOTIFICATIONS_REQUESTS,
+    NOTIFICATIONS_STATE,
+    NOTIFICATIONS_DLQ,
+    SAGA_DLQ,
+];
+
 /// Every topic the workbook's stories use.
 pub const WORKBOOK_TOPICS: &[TopicSpec] = &[
     USER_EVENTS,
@@ -120,6 +183,18 @@ pub const WORKBOOK_TOPICS: &[TopicSpec] = &[
     INVENTORY_EVENTS,
     ORDER_EVENTS,
     ORDER_SNAPSHOTS,
+    ORDERS_REQUESTS,
+    ORDERS_SAGAS,
+    INVENTORY_COMMANDS,
+    INVENTORY_RESPONSES,
+    INVENTORY_STATE,
+    PAYMENTS_COMMANDS,
+    PAYMENTS_RESPONSES,
+    PAYMENTS_STATE,
+    NOTIFICATIONS_REQUESTS,
+    NOTIFICATIONS_STATE,
+    NOTIFICATIONS_DLQ,
+    SAGA_DLQ,
 ];
 
 /// Looks a topic up by name.
