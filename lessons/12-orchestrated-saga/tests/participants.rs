@@ -96,6 +96,24 @@ fn a_reservation_sets_every_item_aside() {
 }
 
 #[test]
+fn an_orders_lines_of_one_sku_count_together() {
+    // Five laptops: two lines of 3 need 6, more than there are, though each line alone would fit.
+    let mut inventory = inventory();
+    let before = units(&inventory);
+    assert_eq!(
+        inventory.handle_stock_command(&reserve("order-1", &[item("LAPTOP", 3), item("MOUSE", 1), item("LAPTOP", 3)])),
+        out_of_stock("order-1", "LAPTOP", 6, 5),
+        "requested: what the order asks of the SKU, all its lines together"
+    );
+    assert_eq!(units(&inventory), before, "nothing set aside");
+    assert_eq!(
+        inventory.handle_stock_command(&reserve("order-2", &[item("LAPTOP", 2), item("LAPTOP", 2)])),
+        stock_reserved("order-2")
+    );
+    assert_eq!(inventory.stock_of("LAPTOP"), Stock { available: 1, reserved: 4, sold: 0 }, "both lines set aside");
+}
+
+#[test]
 fn a_reservation_short_of_one_item_sets_nothing_aside_and_names_the_first_short() {
     let mut inventory = inventory();
     let before = units(&inventory);
