@@ -1,13 +1,14 @@
 //! Grades lesson 03: keyed events keep one partition and their order per user; unkeyed events scatter; the
 //! per-partition counts and each user's layout are read from what the topic really holds; and the sends are in
-//! flight together, counted as Produce requests by a `kit::FaultProxy` in front of the broker.
+//! flight together, counted as Produce requests by a `kit::FaultProxy` in front of the broker and as records held by
+//! a producer that cannot deliver them; and a delivery that fails is an error.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use kit::events::sample_events;
 use kit_testing::{ReadRecord, broker, read_topic, unique};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
 use serde::Serialize;
 use lesson_03::{Keying, Placement, partition_counts, produce, producer_config, user_layout};
 
@@ -136,6 +137,68 @@ async fn the_sends_are_in_flight_together_so_the_producer_batches_them() {
     );
 }
 
+/// An address where nothing listens (port 1 refuses every connection): a producer aimed at it keeps every record
+/// it is handed until `message.timeout.ms` fails it.
+const NOWHERE: &str = "127.0.0.1:1";
+
+/// The lesson's producer, aimed at `NOWHERE`, failing an undelivered record after `message_timeout_ms`.
+fn producer_to_nowhere(message_timeout_ms: &str) -> FutureProducer {
+    let mut config = producer_config(broker());
+    config.set("bootstrap.servers", NOWHERE).set("message.timeout.ms", message_timeout_ms);
+    config.create().unwrap_or_else(|e| panic!("librdkafka refuses the config: {e}"))
+}
+
+/// How many events the one-poll test sends: more than any window of sends a producer could be fed in.
+const STARTED_EVENTS: usize = 100;
+
+#[tokio::test]
+async fn every_send_is_started_before_any_report_is_awaited() {
+    // No record can leave this producer, so none is reported while the test looks: after one poll of `produce`, the
+    // producer holds (`in_flight_count`) exactly the records whose sends have been started. Started together, that
+    // is every event. Sends awaited one by one, or in windows, have started one or one window; sends left to spawned
+    // tasks have started none (this runtime has one thread, and the test has not let them run). The count may also
+    // include an error event about the refused connection, hence `>=`.
+    let producer = producer_to_nowhere("30000");
+    let events = sample_events(14, STARTED_EVENTS, USERS);
+    let topic = unique("lesson03-nowhere");
+    let mut sending = std::pin::pin!(produce(&producer, &topic, &events, Keying::ByUser));
+    let first_poll = futures::poll!(sending.as_mut());
+    assert!(first_poll.is_pending(), "nothing can be delivered yet, so produce cannot be done: {first_poll:?}");
+    let started = producer.in_flight_count();
+    assert!(
+        started >= STARTED_EVENTS as i32,
+        "after its first poll, produce had handed the producer {started} of {STARTED_EVENTS} records: every send must \
+         be started, in the order of the events, before any delivery report is awaited"
+    );
+}
+
+#[tokio::test]
+async fn a_delivery_that_fails_is_an_error() {
+    // Nothing listens at NOWHERE and the producer gives a record 2 s: every delivery fails, with no partition or
+    // offset to report.
+    let producer = producer_to_nowhere("2000");
+    let events = sample_events(15, 3, USERS);
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        produce(&producer, &unique("lesson03-nowhere"), &events, Keying::ByUser),
+    )
+    .await
+    .expect("produce did not return within 30 s of deliveries that cannot succeed");
+    result.expect_err("nothing listens at 127.0.0.1:1: no event was delivered, so there is no placement to report");
+}
+
+#[test]
+fn a_partition_counts_the_placements_that_landed_in_it_whatever_their_offsets() {
+    // A topic written before this run: its events landed far from offset 0, and not at consecutive offsets.
+    let at = |user: u32, partition: i32, offset: i64| Placement { user_id: format!("user-{user}"), partition, offset };
+    let placements = [at(1, 0, 100), at(2, 2, 7), at(1, 0, 101), at(3, 1, 40), at(3, 1, 45)];
+    assert_eq!(
+        partition_counts(&placements),
+        BTreeMap::from([(0, 2), (1, 2), (2, 1)]),
+        "two placements in partition 0, two in 1, one in 2: a count of placements, not a position in the log"
+    );
+}
+
 /// A record at `partition`/`offset` holding `user`'s sample event number `nth` (later `nth`, later timestamp).
 fn record(partition: i32, offset: i64, user: u32, nth: usize) -> ReadRecord {
     let mut event = sample_events(9, 10, 1).remove(nth);
@@ -208,4 +271,12 @@ fn a_record_without_a_payload_is_an_error_naming_its_place() {
     records[1].payload = None;
     let error = user_layout(&records).expect_err("a record with no payload is not an event: an error").to_string();
     assert!(error.contains("partition 2") && error.contains("offset 7"), "the error names the record: {error}");
+}
+
+#[test]
+fn every_record_counts_even_a_second_copy_of_an_event() {
+    // A retry without idempotence can write one event twice: the topic then holds two records of it.
+    let records = vec![record(0, 0, 1, 0), record(0, 1, 1, 1), record(0, 2, 1, 1)];
+    let layout = user_layout(&records).unwrap();
+    assert_eq!(layout["user-1"].events, 3, "three records of user-1, one of them a second copy: each record counts");
 }

@@ -111,12 +111,14 @@ pub async fn process_then_commit(
     count: usize,
     crash: Option<Crash>,
 ) -> anyhow::Result<Vec<Handled>> {
-    // TODO(lesson 05): Process up to `count` records at least once: a record must never be committed before it is processed
-    // (processing is `handle(&message)`; return its results). No wait for a record may outlast `RECEIVE_TIMEOUT`.
-    // `crash` makes the process die right after processing its `after_processing`-th record: return there, with that
-    // record processed but not committed. The tests crash after offset 3, then check that the committed offset is
-    // still 3 and that a restart processes offset 3 again and skips nothing; and they wait on an empty topic, on
-    // tokio's paused clock, for your function to give up by `RECEIVE_TIMEOUT`.
+    // TODO(lesson 05): Process `count` records at least once: a record must never be committed before it is processed
+    // (processing is `handle(&message)`; return its results). A record whose processing fails is an error that ends the
+    // call, and that record stays uncommitted. No wait for a record may outlast `RECEIVE_TIMEOUT`: giving up is an error
+    // too, not a shorter batch. `crash` makes the process die right after processing its `after_processing`-th record:
+    // return there, with that record processed but not committed. The tests crash after offset 3, then check that the
+    // committed offset is still 3 and that a restart processes offset 3 again and skips nothing; they put a record that
+    // is not an event at offset 3 and expect an error with the committed offset still 3; and they wait on an empty
+    // topic, on tokio's paused clock, for your function to give up by `RECEIVE_TIMEOUT` with an error.
     todo!("lesson 05: write `process_then_commit` (the TODO above says what it must do; `cargo xtask hint 05` helps)")
 }
 // ANCHOR_END: process_then_commit

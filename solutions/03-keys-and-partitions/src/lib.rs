@@ -37,7 +37,7 @@ pub struct Placement {
 /// How one user's events lie in the topic.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserLayout {
-    /// How many of this user's events the topic holds.
+    /// How many records of this user's events the topic holds: an event written twice (a retry) counts twice.
     pub events: usize,
     /// The partitions they are in: exactly one when the events are keyed by user.
     pub partitions: BTreeSet<i32>,
@@ -65,10 +65,12 @@ pub fn producer_config(broker: &kit::Broker) -> ClientConfig {
 
 // EXERCISE: Send every event to `topic` as JSON (`event.to_json()`), keyed by its `user_id` for `Keying::ByUser`
 // and with no key at all for `Keying::None`. Return one `Placement` per event, in the order of `events`, with the
-// partition and offset its delivery report gave. The sends must not wait for one another — start them all, then
-// collect the reports — so the producer can batch them; it still writes each partition in the order the sends were
-// started. The tests read both topics back and check where and in which order each user's events are, and count
-// the requests the producer makes: sends that wait for one another take one request per event.
+// partition and offset its delivery report gave; an event whose delivery fails has no placement: the call is then an
+// error. The sends must not wait for one another: every send is started, in the order of `events`, before any report
+// is awaited, so the producer can batch them and writes each partition in that order. The tests read both topics
+// back and check where and in which order each user's events are; count the requests the producer makes (sends that
+// wait for one another take one request per event); poll your future once with a producer whose records cannot
+// leave and expect it to hold every event; and expect an error when nothing can be delivered.
 // ANCHOR: produce
 /// Sends `events` in order and reports where each one landed.
 pub async fn produce(
@@ -98,7 +100,8 @@ pub async fn produce(
 // ANCHOR_END: produce
 
 // EXERCISE: Count how many of the `placements` landed in each partition, with the partitions in ascending order,
-// so the result prints (and snapshots) the same way on every run.
+// so the result prints (and snapshots) the same way on every run. The tests count the placements of real runs and
+// hand-made ones, as a topic written before would give them.
 // ANCHOR: partition_counts
 /// Events per partition.
 pub fn partition_counts(placements: &[Placement]) -> BTreeMap<i32, usize> {
@@ -111,10 +114,11 @@ pub fn partition_counts(placements: &[Placement]) -> BTreeMap<i32, usize> {
 // ANCHOR_END: partition_counts
 
 // EXERCISE: Describe each user's events as the topic holds them, from the records a reader got back (each payload
-// a `UserEvent` as JSON). Per user: how many events, in which partitions, and `in_order` — true only when one
-// partition holds them all and, read in log order (by partition, then offset), their `timestamp`s never go
-// backwards. A record whose payload is missing or is not an event is an error that names its partition and offset.
-// The tests give you keyed and unkeyed read-backs, and hand-made records in and out of order.
+// a `UserEvent` as JSON). Per user: how many records (each one counts, so an event written twice counts twice), in
+// which partitions, and `in_order` — true only when one partition holds them all and, read in log order (by
+// partition, then offset), their `timestamp`s never go backwards. A record whose payload is missing or is not an
+// event is an error that names its partition and offset. The tests give you keyed and unkeyed read-backs, and
+// hand-made records in and out of order, some of them duplicates.
 // ANCHOR: user_layout
 /// Each user's events as the topic holds them: how many, in which partitions, and whether in order.
 pub fn user_layout(records: &[ReadRecord]) -> anyhow::Result<BTreeMap<String, UserLayout>> {

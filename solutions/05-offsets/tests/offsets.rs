@@ -1,7 +1,8 @@
 //! Grades lesson 05: where a new group starts (earliest vs latest), what a crash between processing and commit
 //! does with manual commits (redelivery) and with auto-commit (a skip), that no wait for a record outlasts
-//! `RECEIVE_TIMEOUT` (on tokio's paused clock), replaying from an offset, and lag — also on a partition whose
-//! oldest records are gone, so its log starts above offset 0.
+//! `RECEIVE_TIMEOUT` (on tokio's paused clock) and that giving up is an error, that a record whose processing fails
+//! is an error and is never committed, replaying from an offset, and lag — also on a partition whose oldest records
+//! are gone, so its log starts above offset 0.
 //!
 //! Consumers here assign their partitions by hand and resume from the group's committed offsets: the offsets
 //! behave exactly as for subscribed members, without a group join (seconds on the embedded broker) per restart.
@@ -217,9 +218,43 @@ async fn no_wait_for_a_record_outlasts_the_receive_timeout() {
              no wait may outlast RECEIVE_TIMEOUT ({RECEIVE_TIMEOUT:?})"
         )
     });
-    if let Ok(processed) = returned {
-        assert!(processed.is_empty(), "an empty topic has nothing to process: {processed:?}");
-    }
+    returned.expect_err(
+        "giving up on an empty topic is an error, not a shorter batch: the caller must be able to tell that no record \
+         came from a batch that is done",
+    );
+}
+
+#[tokio::test]
+async fn a_record_that_fails_processing_ends_the_call_and_is_never_committed() {
+    let topic = unique("lesson05-not-an-event");
+    broker().create_topic(&topic, 1).await.unwrap();
+    let events = sample_events(59, 5, 6);
+    // Offsets 0–2 hold events, offset 3 a record that is not one, offsets 4–5 events again.
+    publish_events(broker(), &topic, &events[..3]).await.unwrap();
+    let producer: FutureProducer = broker().producer_config().create().expect("producer");
+    let bad = producer
+        .send(FutureRecord::<(), _>::to(&topic).partition(0).payload("not an event"), Duration::from_secs(5))
+        .await
+        .map_err(|(error, _)| error)
+        .expect("the record that is not an event is written");
+    assert_eq!((bad.partition, bad.offset), (0, 3), "the test's setup: the bad record sits at offset 3");
+    publish_events(broker(), &topic, &events[3..]).await.unwrap();
+
+    let reader = consumer(&unique("lesson05-not-an-event"), StartFrom::Earliest, Commits::AfterProcessing);
+    resume(&reader, &topic, &[0]).unwrap();
+    let returned = tokio::time::timeout(WAIT * 2, process_then_commit(&reader, 6, None))
+        .await
+        .unwrap_or_else(|_| panic!("process_then_commit did not return within {:?}", WAIT * 2));
+    let committed = lag(&reader, &topic, 1).unwrap()[&0].committed;
+    close(reader).await;
+
+    let error = returned.expect_err("offset 3 is not an event: its processing fails, and so does the call");
+    assert_eq!(
+        committed,
+        Some(3),
+        "offsets 0–2 were processed and committed, offset 3 failed ({error:#}): the group must resume at 3, never \
+         past a record that was not processed"
+    );
 }
 
 #[tokio::test]
