@@ -59,6 +59,8 @@ pub mod read;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "clients")]
+pub mod stage;
+#[cfg(feature = "clients")]
 pub mod story;
 pub mod telemetry;
 pub mod topics;
