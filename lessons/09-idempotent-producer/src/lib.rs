@@ -47,8 +47,10 @@ pub fn producer_config(bootstrap_servers: &str) -> ClientConfig {
     // TODO(lesson 09): The configuration of a producer for the brokers at `bootstrap_servers` whose retries can neither
     // duplicate nor reorder a record. Write down everything that guarantee needs, even where it is librdkafka's
     // default: how many replicas must hold a record before it counts, at most `MAX_IN_FLIGHT` requests in flight per
-    // connection, and retries allowed. Bound the retrying: after 30 s a record fails instead of being retried on. The
-    // tests read each of these back, and check that the broker gives your producer a producer id.
+    // connection, and retries allowed. Bound the retrying by time, not by a count: a record the brokers refuse again and
+    // again, as they may while a partition changes leader, is retried on until 30 s have passed, and then fails. The
+    // tests read each of these back, have a proxy refuse your requests 30 times in a row (every record must still
+    // arrive, once and in order), and check that the broker gives your producer a producer id.
     todo!("lesson 09: write `producer_config` (the TODO above says what it must do; `cargo xtask hint 09` helps)")
 }
 // ANCHOR_END: producer_config
@@ -118,10 +120,13 @@ pub async fn send_numbered<C: ClientContext + 'static>(
     records: &[Numbered],
 ) -> anyhow::Result<Vec<Delivery>> {
     // TODO(lesson 09): Send every record of `records` to `topic`, keyed by its `key` and carried as JSON, and return the
-    // delivery reports in the same order. Several requests must be in flight at once — never wait for one report
-    // before sending the next record — because that is when a retry could reorder. A record that could not be
-    // delivered is an error that names it. The tests count the Produce requests (a record that waits for the report of
-    // the one before it leaves in a request of its own), send through injected faults and read the topic back.
+    // delivery reports in the same order, one per record. Several requests must be in flight at once — never wait for
+    // one report before sending the next record — because that is when a retry could reorder: by the time your future
+    // is first pending, every record of `records` must be in the producer's hands. A record that could not be
+    // delivered, or that the producer refused to take (its local queue full), is an error that names it: a record is
+    // never skipped. The tests poll your future once and count the records the producer holds, count the Produce
+    // requests (a record that waits for the report of the one before it leaves in a request of its own), give the
+    // producer a queue too small for `records`, send through injected faults and read the topic back.
     todo!("lesson 09: write `send_numbered` (the TODO above says what it must do; `cargo xtask hint 09` helps)")
 }
 // ANCHOR_END: send_numbered
@@ -190,11 +195,13 @@ impl OrderCheck {
 /// Checks that each of `keys` has the records `0..per_key`, each once, in log order.
 pub fn check_once_in_order(records: &[ReadRecord], keys: &[&str], per_key: u32) -> OrderCheck {
     // TODO(lesson 09): Check "once and in order per partition" from what was read back. `records` are in log order (by
-    // partition, then offset). A payload that is not a `Numbered` goes to `unreadable` as "partition/offset". For
-    // every key in `keys` fill a `KeyReport`: the partitions its records were in, how many were read, which numbers in
-    // 0..per_key are `missing`, which came more than once (`duplicated`), and which first arrived after a higher
-    // number of the same key (`out_of_order`; a later copy of a record is a duplicate, not a reordering). Keep the
-    // lists sorted, without repeats. The tests hand you logs with each fault in them.
+    // partition, then offset). A record whose payload is not a `Numbered` (a record with no payload at all included)
+    // goes to `unreadable` as "partition/offset". For every key in `keys` fill a `KeyReport`, a key none of whose
+    // records was read included: the partitions its records were in, how many were read, which numbers in 0..per_key
+    // are `missing` (up to `per_key`, whatever the highest number read), which came more than once (`duplicated`),
+    // and which first arrived after a higher number of the same key (`out_of_order`; a later copy of a record is a
+    // duplicate, not a reordering). Keep the lists sorted, without repeats. The tests hand you logs with each fault in
+    // them.
     todo!("lesson 09: write `check_once_in_order` (the TODO above says what it must do; `cargo xtask hint 09` helps)")
 }
 // ANCHOR_END: check_once_in_order

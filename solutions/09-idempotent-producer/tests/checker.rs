@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use kit_testing::ReadRecord;
-use solution_09::{Numbered, OrderCheck, check_once_in_order, numbered_sequence};
+use solution_09::{KeyReport, Numbered, OrderCheck, check_once_in_order, numbered_sequence};
 
 const KEYS: &[&str] = &["user-1", "user-2"];
 
@@ -137,4 +137,61 @@ fn out_of_order_is_measured_against_the_highest_number_seen() {
     );
     assert!(check.keys["user-2"].out_of_order.is_empty(), "user-2 is in order: {check:?}");
     assert!(!check.once_and_in_order(), "a reordered log does not pass");
+}
+
+#[test]
+fn a_record_with_no_payload_is_reported_not_skipped() {
+    let mut records = log(&[(0, "user-1", 0), (0, "user-1", 1), (1, "user-2", 0), (1, "user-2", 1)]);
+    // A record with a key and no payload at all (a tombstone), after user-2's records: it is not a `Numbered` either.
+    records.push(ReadRecord {
+        partition: 1,
+        offset: 2,
+        key: Some("user-2".into()),
+        payload: None,
+        headers: BTreeMap::new(),
+    });
+    let check = check_once_in_order(&records, KEYS, 2);
+    assert_eq!(
+        check.unreadable,
+        vec!["1/2".to_string()],
+        "the record without a payload is named by partition/offset, not skipped: {check:?}"
+    );
+    assert!(!check.once_and_in_order(), "a log with a stranger in it is not clean");
+}
+
+#[test]
+fn numbers_lost_at_the_tail_are_missing() {
+    // user-1's last two records never arrived (a producer that gave up at message.timeout.ms loses the tail): the
+    // highest number read is 1, but the sequence runs to per_key - 1 = 3.
+    let entries = vec![
+        (0, "user-1", 0),
+        (0, "user-1", 1),
+        (1, "user-2", 0),
+        (1, "user-2", 1),
+        (1, "user-2", 2),
+        (1, "user-2", 3),
+    ];
+    let check = check_once_in_order(&log(&entries), KEYS, 4);
+    assert_eq!(
+        check.keys["user-1"].missing,
+        vec![2, 3],
+        "missing counts up to per_key (4), not up to the highest number read (1): {check:?}"
+    );
+    assert!(check.keys["user-2"].missing.is_empty(), "user-2 has all of 0..4: {check:?}");
+    assert!(!check.once_and_in_order(), "a log that lost its last records does not pass");
+}
+
+#[test]
+fn a_key_whose_records_were_all_lost_has_a_report() {
+    // Only user-1's records are in the log: every record of user-2 was lost.
+    let check = check_once_in_order(&log(&[(0, "user-1", 0), (0, "user-1", 1), (0, "user-1", 2)]), KEYS, 3);
+    let report = check.keys.get("user-2").unwrap_or_else(|| {
+        panic!("every key of `keys` has a report, user-2 too though none of its records was read: {check:?}")
+    });
+    assert_eq!(
+        report,
+        &KeyReport { partitions: vec![], read: 0, missing: vec![0, 1, 2], duplicated: vec![], out_of_order: vec![] },
+        "user-2: no partition, nothing read, all of 0..3 missing"
+    );
+    assert!(!check.once_and_in_order(), "a log that lost every record of a key does not pass: {check:?}");
 }

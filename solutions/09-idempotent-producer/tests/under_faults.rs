@@ -1,7 +1,8 @@
 //! Grades lesson 09 against a broker: the producer's configuration and the id the broker gives it, that the
-//! records are sent without waiting for one another (Produce requests counted by `kit::FaultProxy`), then the
-//! numbered sequence under injected faults (request errors, a broker outage, lost acks, acks that arrive too
-//! late), read back and checked for "every record once, in order, per partition".
+//! records are sent without waiting for one another (all handed to the producer at the first poll, Produce requests
+//! counted by `kit::FaultProxy`), that a record the producer refuses (queue full) is an error, then the numbered
+//! sequence under injected faults (request errors, many refusals in a row, a broker outage, lost acks, acks that
+//! arrive too late), read back and checked for "every record once, in order, per partition".
 //!
 //! Two kinds of fault. Refused requests, lost acks and late acks come from `kit::FaultProxy`, between the
 //! producer and whichever broker the tests run against, real Kafka included: that is where "nothing lost" and
@@ -17,7 +18,8 @@ use std::time::Duration;
 use kit::outage::OutageCluster;
 use kit::{Capability, FaultProxy};
 use kit_testing::{ReadRecord, broker, can_grade, read_topic, unique, wait_until};
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::types::RDKafkaRespErr;
 use solution_09::{
     Delivery, Numbered, ProducerState, WARM_UP_KEY, Watch, check_once_in_order, numbered_sequence, producer_config,
     send_numbered, warm_up,
@@ -204,6 +206,119 @@ async fn records_are_sent_without_waiting_for_earlier_reports() {
          only one was ever in flight",
         records.len()
     );
+}
+
+/// An address where nothing listens (port 1 refuses every connection): a producer aimed at it keeps every record
+/// it is handed until `message.timeout.ms` fails it.
+const NOWHERE: &str = "127.0.0.1:1";
+
+#[tokio::test]
+async fn every_record_is_handed_to_the_producer_before_any_report_is_awaited() {
+    // No record can leave this producer, so none is reported while the test looks: after one poll of
+    // `send_numbered`, the producer holds (`in_flight_count`) exactly the records already handed to it. Sent without
+    // waiting, that is every record. Sends awaited one by one, or in windows of a few reports, have handed it one
+    // record or one window. The count may also include an error event about the refused connection, hence `>=`.
+    let producer: FutureProducer =
+        producer_config(NOWHERE).create().unwrap_or_else(|e| panic!("librdkafka refuses the config: {e}"));
+    let records = numbered_sequence(KEYS, 20);
+    let topic = unique("lesson09-nowhere");
+    let mut sending = std::pin::pin!(send_numbered(&producer, &topic, &records));
+    let first_poll = futures::poll!(sending.as_mut());
+    assert!(first_poll.is_pending(), "nothing can be delivered yet, so send_numbered cannot be done: {first_poll:?}");
+    let held = producer.in_flight_count();
+    assert!(
+        held >= records.len() as i32,
+        "after its first poll, send_numbered had handed the producer {held} of {} records: every record must be \
+         handed over before any delivery report is awaited",
+        records.len()
+    );
+}
+
+#[tokio::test]
+async fn a_record_the_producer_refuses_to_take_is_an_error_naming_it() {
+    // The producer's local queue holds 5 records, and the proxy holds the broker's acks back for 2 s, so the 5 stay
+    // in it while the others are handed over: the producer refuses them (queue full). Returning the 5 reports as
+    // if that were all would lose the other records without a word.
+    let tuning = [("queue.buffering.max.messages", "5")];
+    let (proxy, topic, producer, _watch) = behind_a_proxy("lesson09-queue-full", 1, &tuning).await;
+    proxy.delay_produce_acks(Duration::from_secs(2));
+    let records: Vec<Numbered> = (100..112).map(|seq| Numbered { key: "user-7".to_string(), seq }).collect();
+    let result = tokio::time::timeout(Duration::from_secs(30), send_numbered(&producer, &topic, &records))
+        .await
+        .expect("send_numbered did not return within 30 s of a full queue");
+    let error = match result {
+        Ok(deliveries) => panic!(
+            "the producer's queue holds 5 records and no ack comes back for 2 s: handed all {} records without \
+             waiting, it refuses some, yet send_numbered returned Ok with {} delivery reports. A record the producer \
+             refuses is an error, never skipped (and records do not wait for earlier reports)",
+            records.len(),
+            deliveries.len()
+        ),
+        Err(error) => error,
+    };
+    // The warm-up record may still hold a place in the queue for a moment: the first refused record is #104 or #105.
+    let text = format!("{error:#}");
+    let names_a_refused_record = records[4..].iter().any(|r| text.contains(&r.seq.to_string()));
+    assert!(
+        text.contains("user-7") && names_a_refused_record,
+        "the error must name a record the producer refused (key user-7, seq 104 or later), got: {text}"
+    );
+}
+
+/// How many Produce requests in a row the proxy refuses in `a_record_refused_many_times_is_retried_until_delivered`.
+/// At most 5 requests are in flight, and the batch holding the first record goes first in every round of retries,
+/// so it is refused at least 30 / 5 = 6 times: more than a count of 5 retries allows, far less than the 30 s bound.
+const REFUSED_IN_A_ROW: usize = 30;
+
+#[tokio::test]
+async fn a_record_refused_many_times_is_retried_until_delivered() {
+    let test = "a_record_refused_many_times_is_retried_until_delivered";
+    // Retries 10 ms to 50 ms apart, so 30 refusals take about a second: what must end the retrying is the learner's
+    // message.timeout.ms (30 s), never a count of retries.
+    let tuning = [("retry.backoff.ms", "10"), ("retry.backoff.max.ms", "50")];
+    let (proxy, topic, producer, _watch) = behind_a_proxy("lesson09-refused-in-a-row", 1, &tuning).await;
+    // A partition whose in-sync replicas are too few refuses every write until a replica catches up:
+    // NOT_ENOUGH_REPLICAS, retriable, and each refusal counts as a retry of the batch.
+    proxy.fail_produce_requests(&[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; REFUSED_IN_A_ROW]);
+    let per_key = 5;
+    let records = numbered_sequence(KEYS, per_key);
+    let sent = tokio::time::timeout(Duration::from_secs(30), send_numbered(&producer, &topic, &records))
+        .await
+        .unwrap_or_else(|_| panic!("records were not delivered within 30 s ({:?})", proxy.stats()));
+    let deliveries = sent.unwrap_or_else(|e| {
+        panic!(
+            "a record refused {REFUSED_IN_A_ROW} times in a row, for a second or two, failed: {e:#}. Retrying must go on \
+             until message.timeout.ms, not stop after a count of retries ({:?})",
+            proxy.stats()
+        )
+    });
+    assert_eq!(deliveries.len(), records.len(), "one delivery report per record");
+    assert_eq!(
+        proxy.stats().requests_failed,
+        REFUSED_IN_A_ROW as u64,
+        "{REFUSED_IN_A_ROW} requests were refused: {:?}",
+        proxy.stats()
+    );
+    let read: Vec<ReadRecord> = read_topic(broker(), &topic, records.len() + 1, Duration::from_secs(5))
+        .await
+        .into_iter()
+        .filter(|r| r.key.as_deref() != Some(WARM_UP_KEY))
+        .collect();
+    let by_key = sequences(&read);
+    assert_eq!(by_key.keys().map(String::as_str).collect::<Vec<_>>(), KEYS, "every key's records were read back");
+    for (key, (_, seqs)) in by_key {
+        let mut sorted = seqs.clone();
+        sorted.sort_unstable();
+        assert_eq!(seqs, sorted, "{key}: retries must not reorder records");
+        sorted.dedup();
+        assert_eq!(sorted.len(), seqs.len(), "{key}: retries must not write a record twice");
+    }
+    // The last refusal may hit the first of several batches in flight while the next one goes through: a broker
+    // that checks sequence numbers rejects that one and the producer resends both; the embedded broker writes it
+    // (see request_errors_are_retried_without_duplicates_or_reordering).
+    if can_grade(broker(), Capability::IdempotentSequenceChecks, test) {
+        assert_once_in_order(&read, per_key, "after refusals in a row");
+    }
 }
 
 #[tokio::test]
