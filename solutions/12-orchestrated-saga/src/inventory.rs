@@ -56,9 +56,10 @@ impl Inventory {
     // command may come more than once and in any order; a repeated command gets the answer its first copy got, and
     // nothing is applied twice. Rules:
     // - A reservation is all or nothing: every SKU of the order has enough `available` units (an order's lines of
-    //   one SKU count together), or nothing is set aside and the answer is OUT_OF_STOCK naming the first SKU short,
-    //   with what the order asks of it (`requested`) and what is `available`. Units move from `available` to
-    //   `reserved`; a commit moves them from `reserved` to `sold`; a release moves them back to `available`.
+    //   one SKU count together), or nothing is set aside and the answer is OUT_OF_STOCK naming the first SKU short
+    //   (SKUs taken in the order of their first line), with what the order asks of it (`requested`) and what is
+    //   `available`. Units move from `available` to `reserved`; a commit moves them from `reserved` to `sold`; a
+    //   release moves them back to `available`.
     // - A release for an order that reserved nothing (not yet, or refused) is acknowledged all the same, and from
     //   then on that order can reserve nothing: a RESERVE_STOCK arriving after its release is answered
     //   STOCK_RELEASED, and sets nothing aside.

@@ -106,6 +106,12 @@ fn an_orders_lines_of_one_sku_count_together() {
         "requested: what the order asks of the SKU, all its lines together"
     );
     assert_eq!(units(&inventory), before, "nothing set aside");
+    // Two SKUs short: the first is the one whose first line comes first, though its own second line comes later.
+    assert_eq!(
+        inventory.handle_stock_command(&reserve("order-3", &[item("MOUSE", 6), item("DOCK", 4), item("MOUSE", 6)])),
+        out_of_stock("order-3", "MOUSE", 12, 10),
+        "SKUs are taken in the order of their first line"
+    );
     assert_eq!(
         inventory.handle_stock_command(&reserve("order-2", &[item("LAPTOP", 2), item("LAPTOP", 2)])),
         stock_reserved("order-2")
