@@ -168,8 +168,8 @@ pub fn run(stage: &mut dyn Stage, deployment: &Deployment, stop: &AtomicBool) ->
     run_until(stage, deployment, stop, &AtomicBool::new(false))
 }
 
-/// [`run`], and a crash on demand: once `crash` is set, the next batch is handled but never committed, and the
-/// run ends with an error, as if the process had died between its work and its commit (what a soak test does to
+/// [`run`], and a crash on demand: once `crash` is set, the next batch with inputs is handled but never committed,
+/// and the run ends with an error, as if the process had died between its work and its commit (what a soak test does to
 /// a service).
 pub fn run_until(
     stage: &mut dyn Stage,
@@ -224,7 +224,8 @@ pub fn run_until(
             report.handled += 1;
         }
         outputs.extend(stage.tick(now_ms()));
-        if crash.load(Ordering::Relaxed) {
+        // A crash waits for a batch with inputs: a death between work and commit is what it is there to show.
+        if crash.load(Ordering::Relaxed) && !batch.is_empty() {
             anyhow::bail!("{name} crashed on purpose, {} outputs and {} inputs uncommitted", outputs.len(), batch.len());
         }
         if outputs.is_empty() && next.is_empty() {
@@ -377,12 +378,19 @@ impl<S: Stage + Send + 'static> Running<S> {
         self.thread.is_finished()
     }
 
-    /// Makes the service die between its next batch's work and its commit, and waits for it to end: nothing of
-    /// that batch is written, and its inputs stay uncommitted. The stage is dropped with it, as a dead process's
-    /// memory is.
-    pub fn crash(self) {
+    /// Makes the service die between the work and the commit of its next batch that has inputs: nothing of that
+    /// batch is written, and its inputs stay uncommitted. Waits up to `within` for such a batch; returns whether
+    /// the service crashed (if no input came, it is stopped cleanly instead). Its stage is dropped with it, as a
+    /// dead process's memory is.
+    pub fn crash(self, within: Duration) -> bool {
         self.crash.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
+        let deadline = Instant::now() + within;
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let crashed = self.thread.is_finished();
+        let _ = self.stop();
+        crashed
     }
 
     /// Stops the service; what its run returned, and the stage as it ended (its state in memory).

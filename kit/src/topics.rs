@@ -173,6 +173,40 @@ pub const SAGA_TOPICS: &[TopicSpec] = &[
     SAGA_DLQ,
 ];
 
+/// Lesson 13's choreographed shop: each service announces on a topic of its own, and keeps a changelog.
+const fn shop_topic(name: &'static str, purpose: &'static str) -> TopicSpec {
+    saga_topic(name, 7 * DAY_MS, "lz4", purpose)
+}
+
+pub const SHOP_REQUESTS: TopicSpec = saga_topic("shop.requests", DAY_MS, "lz4", "lesson 13: clients' orders");
+pub const SHOP_ORDERS: TopicSpec = shop_topic("shop.orders", "lesson 13: the order service's events");
+pub const SHOP_INVENTORY: TopicSpec = shop_topic("shop.inventory", "lesson 13: the inventory's events");
+pub const SHOP_PAYMENTS: TopicSpec = shop_topic("shop.payments", "lesson 13: the payment service's events");
+pub const SHOP_ORDERS_STATE: TopicSpec = changelog("shop.orders.state", "lesson 13: the order service's orders");
+pub const SHOP_INVENTORY_STATE: TopicSpec =
+    changelog("shop.inventory.state", "lesson 13: stock per SKU and reservations per order");
+pub const SHOP_PAYMENTS_STATE: TopicSpec = changelog("shop.payments.state", "lesson 13: payments per order");
+pub const SHOP_NOTIFICATIONS_STATE: TopicSpec =
+    changelog("shop.notifications.state", "lesson 13: notifications sent or dead-lettered");
+pub const SHOP_NOTIFICATIONS_DLQ: TopicSpec =
+    TopicSpec { name: "shop.notifications.dlq", purpose: "lesson 13: notifications not sent, with why", ..NOTIFICATIONS_DLQ };
+pub const SHOP_DLQ: TopicSpec =
+    TopicSpec { name: "shop.dlq", purpose: "lesson 13: records a shop service could not read", ..SAGA_DLQ };
+
+/// Every topic of lesson 13's shop.
+pub const SHOP_TOPICS: &[TopicSpec] = &[
+    SHOP_REQUESTS,
+    SHOP_ORDERS,
+    SHOP_INVENTORY,
+    SHOP_PAYMENTS,
+    SHOP_ORDERS_STATE,
+    SHOP_INVENTORY_STATE,
+    SHOP_PAYMENTS_STATE,
+    SHOP_NOTIFICATIONS_STATE,
+    SHOP_NOTIFICATIONS_DLQ,
+    SHOP_DLQ,
+];
+
 /// Every topic the workbook's stories use.
 pub const WORKBOOK_TOPICS: &[TopicSpec] = &[
     USER_EVENTS,
@@ -195,6 +229,16 @@ pub const WORKBOOK_TOPICS: &[TopicSpec] = &[
     NOTIFICATIONS_STATE,
     NOTIFICATIONS_DLQ,
     SAGA_DLQ,
+    SHOP_REQUESTS,
+    SHOP_ORDERS,
+    SHOP_INVENTORY,
+    SHOP_PAYMENTS,
+    SHOP_ORDERS_STATE,
+    SHOP_INVENTORY_STATE,
+    SHOP_PAYMENTS_STATE,
+    SHOP_NOTIFICATIONS_STATE,
+    SHOP_NOTIFICATIONS_DLQ,
+    SHOP_DLQ,
 ];
 
 /// Looks a topic up by name.
