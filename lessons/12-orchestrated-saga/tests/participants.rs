@@ -205,11 +205,13 @@ fn a_repeated_command_gets_its_first_answer_and_changes_nothing() {
     );
     assert_eq!(inventory, now, "and nothing is set aside a second time");
     assert_eq!(inventory.handle_stock_command(&release("order-3")), stock_released("order-3"));
+    assert_eq!(inventory.handle_stock_command(&release("order-1")), stock_released("order-1"));
+    assert_eq!(inventory.stock_of("LAPTOP").available, 5, "every laptop is back");
     let now = inventory.clone();
     assert_eq!(
         inventory.handle_stock_command(&reserve("order-2", &[item("LAPTOP", 3)])),
         out_of_stock("order-2", "LAPTOP", 3, 2),
-        "order-2 again, once enough laptops are back: still its first answer"
+        "order-2 again, once enough laptops are back: still its first answer, word for word (the saga cancelled on it)"
     );
     assert_eq!(inventory, now, "and nothing is set aside for it");
 }
@@ -242,6 +244,13 @@ fn a_release_before_its_reservation_is_acknowledged_and_blocks_the_reservation()
         "a refused order's release"
     );
     assert_eq!(units(&inventory), before, "moves no unit");
+    assert_eq!(inventory.orders.get("order-2"), Some(&Reservation::Released), "and is remembered");
+    assert_eq!(
+        inventory.handle_stock_command(&reserve("order-2", &[item("DOCK", 1)])),
+        stock_released("order-2"),
+        "from then on its reservation is answered STOCK_RELEASED"
+    );
+    assert_eq!(units(&inventory), before, "and sets nothing aside");
 }
 
 #[test]
