@@ -112,7 +112,12 @@ pub const ORDER_SNAPSHOTS: TopicSpec = TopicSpec {
 
 /// Lesson 12's saga topics: seed 002's table (partitions, retention, compression), with the payment service it
 /// lacked and a changelog per service. Every message is keyed by the order id, which is the saga's id.
-const fn saga_topic(name: &'static str, retention_ms: i64, compression: &'static str, purpose: &'static str) -> TopicSpec {
+const fn saga_topic(
+    name: &'static str,
+    retention_ms: i64,
+    compression: &'static str,
+    purpose: &'static str,
+) -> TopicSpec {
     TopicSpec { name, partitions: 3, retention_ms: Some(retention_ms), compression, compacted: false, purpose }
 }
 
@@ -188,8 +193,11 @@ pub const SHOP_INVENTORY_STATE: TopicSpec =
 pub const SHOP_PAYMENTS_STATE: TopicSpec = changelog("shop.payments.state", "lesson 13: payments per order");
 pub const SHOP_NOTIFICATIONS_STATE: TopicSpec =
     changelog("shop.notifications.state", "lesson 13: notifications sent or dead-lettered");
-pub const SHOP_NOTIFICATIONS_DLQ: TopicSpec =
-    TopicSpec { name: "shop.notifications.dlq", purpose: "lesson 13: notifications not sent, with why", ..NOTIFICATIONS_DLQ };
+pub const SHOP_NOTIFICATIONS_DLQ: TopicSpec = TopicSpec {
+    name: "shop.notifications.dlq",
+    purpose: "lesson 13: notifications not sent, with why",
+    ..NOTIFICATIONS_DLQ
+};
 pub const SHOP_DLQ: TopicSpec =
     TopicSpec { name: "shop.dlq", purpose: "lesson 13: records a shop service could not read", ..SAGA_DLQ };
 
@@ -206,6 +214,36 @@ pub const SHOP_TOPICS: &[TopicSpec] = &[
     SHOP_NOTIFICATIONS_DLQ,
     SHOP_DLQ,
 ];
+
+/// Lesson 14's analytics: shoppers' events in, windows' results out.
+/// One partition: the aggregator's stream time is then that of one ordered log. Over several partitions, one read
+/// ahead of the others would make their events late (Kafka Streams keeps stream time per partition, and a global
+/// window needs the slowest partition's: lesson 14's chapter says how).
+pub const SHOP_ACTIVITY: TopicSpec = TopicSpec {
+    partitions: 1,
+    ..shop_topic("shop.activity", "lesson 14: shoppers' views, carts and purchases, keyed by user id")
+};
+pub const ANALYTICS_WINDOWS: TopicSpec = TopicSpec {
+    name: "analytics.windows",
+    partitions: 1,
+    retention_ms: Some(30 * DAY_MS),
+    compression: "lz4",
+    compacted: false,
+    purpose: "lesson 14: each closed window's result, keyed by its start",
+};
+pub const ANALYTICS_LATE: TopicSpec = TopicSpec {
+    name: "analytics.late",
+    purpose: "lesson 14: events that came after their window closed",
+    ..ANALYTICS_WINDOWS
+};
+pub const ANALYTICS_STATE: TopicSpec =
+    TopicSpec { partitions: 1, ..changelog("analytics.state", "lesson 14: the aggregator's open windows and clock") };
+pub const ANALYTICS_DLQ: TopicSpec =
+    TopicSpec { name: "analytics.dlq", purpose: "lesson 14: records that are not shoppers' events", ..SAGA_DLQ };
+
+/// Every topic of lesson 14.
+pub const ANALYTICS_TOPICS: &[TopicSpec] =
+    &[SHOP_ACTIVITY, ANALYTICS_WINDOWS, ANALYTICS_LATE, ANALYTICS_STATE, ANALYTICS_DLQ];
 
 /// Every topic the workbook's stories use.
 pub const WORKBOOK_TOPICS: &[TopicSpec] = &[
@@ -239,6 +277,11 @@ pub const WORKBOOK_TOPICS: &[TopicSpec] = &[
     SHOP_NOTIFICATIONS_STATE,
     SHOP_NOTIFICATIONS_DLQ,
     SHOP_DLQ,
+    SHOP_ACTIVITY,
+    ANALYTICS_WINDOWS,
+    ANALYTICS_LATE,
+    ANALYTICS_STATE,
+    ANALYTICS_DLQ,
 ];
 
 /// Looks a topic up by name.
