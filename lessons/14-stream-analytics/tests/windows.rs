@@ -373,6 +373,23 @@ fn ranked(top: &[TopProduct]) -> Vec<(&str, u64)> {
 }
 
 #[test]
+fn ties_go_to_the_smaller_id_however_many_products_tie() {
+    // Sixty products with counts 1 to 4, many tied, some across the cut: the list is the one a full sort by count
+    // (most first) then id gives — not whatever order a sort leaves equal counts in (an unstable sort keeps the
+    // map's order for short lists only).
+    let catalog = Catalog::shipped();
+    let counts: BTreeMap<String, u64> = (0..60u64).map(|i| (format!("X{:03}", (i * 37) % 60), 1 + i % 4)).collect();
+    let mut expected: Vec<(&String, &u64)> = counts.iter().collect();
+    expected.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+    for n in [1, 5, 14, 15, 16, 33, 60] {
+        let top = top_products(&counts, &catalog, n);
+        let got: Vec<(&str, u64)> = top.iter().map(|p| (p.product_id.as_str(), p.interactions)).collect();
+        let want: Vec<(&str, u64)> = expected.iter().take(n).map(|(id, c)| (id.as_str(), **c)).collect();
+        assert_eq!(got, want, "the top {n}: most first, ties to the smaller id");
+    }
+}
+
+#[test]
 fn top_products_are_the_most_active_first_ties_to_the_smaller_id() {
     let catalog = Catalog::shipped();
     let counts = interactions(&[("P007", 1), ("P010", 5), ("P002", 2), ("P003", 5), ("P001", 2), ("P020", 9)]);
