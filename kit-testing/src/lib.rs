@@ -41,3 +41,39 @@ where
     .await
     .unwrap_or_else(|timed_out| panic!("{timed_out}"))
 }
+
+/// Creates `topics` on the test binary's broker: (name, compacted, partitions) each, as the stage-based lessons
+/// (12–14) describe their topic sets. Compacted ones get `cleanup.policy=compact` where the broker takes it.
+pub async fn create_topics(topics: &[(&str, bool, i32)]) {
+    for (topic, compacted, partitions) in topics {
+        let configs = if *compacted { vec![("cleanup.policy", "compact".to_string())] } else { Vec::new() };
+        broker().create_topic_with(topic, *partitions, &configs).await.expect("a topic");
+    }
+}
+
+/// Every committed record of `topic` (`partitions` of them), read to its end on the blocking pool: an independent
+/// view of what services wrote, outside any group.
+pub async fn committed_records(topic: &str, partitions: i32) -> Vec<kit::read::LogRecord> {
+    let mut config = broker().consumer_config(&unique("reader"));
+    config.set("isolation.level", "read_committed");
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || kit::read::read_to_end(config, &topic, partitions, Duration::from_secs(30)))
+        .await
+        .expect("the reader ran")
+        .expect("the topic reads to its end")
+}
+
+/// The latest value of each key of a changelog (`partitions` of them), as compaction would leave it: a key whose
+/// latest record is a tombstone (no payload) is gone.
+pub async fn latest_values(topic: &str, partitions: i32) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut values = std::collections::BTreeMap::new();
+    for record in committed_records(topic, partitions).await {
+        let key = record.key.unwrap_or_default();
+        if record.payload.is_empty() {
+            values.remove(&key);
+        } else {
+            values.insert(key, record.payload);
+        }
+    }
+    values
+}

@@ -224,7 +224,7 @@ async fn story(
         if result.start_ms < SPEC.start_of(base_ms) || shown.contains_key(&result.start_ms) {
             continue; // an earlier run's window (real Kafka keeps them), or one shown already
         }
-        for line in dashboard::console(&result, catalog) {
+        for line in dashboard::console(&result) {
             println!("   {line}");
         }
         shown.insert(result.start_ms, result);

@@ -217,14 +217,3 @@ impl Stage for Aggregator {
         outputs
     }
 }
-
-/// The results in `analytics.windows`, by window start (a window's result appears once; a second copy would be a
-/// bug this lesson's tests look for).
-pub fn results_by_window(records: &[(String, Vec<u8>)]) -> anyhow::Result<BTreeMap<i64, Vec<crate::WindowResult>>> {
-    let mut by_window: BTreeMap<i64, Vec<crate::WindowResult>> = BTreeMap::new();
-    for (_, payload) in records {
-        let result: crate::WindowResult = serde_json::from_slice(payload)?;
-        by_window.entry(result.start_ms).or_default().push(result);
-    }
-    Ok(by_window)
-}

@@ -137,8 +137,7 @@ pub async fn follow(
 }
 
 /// A window's result as console lines (seed 004's console dashboard).
-pub fn console(result: &WindowResult, catalog: &crate::Catalog) -> Vec<String> {
-    let _ = catalog;
+pub fn console(result: &WindowResult) -> Vec<String> {
     let minute = |ms: i64| {
         let seconds = ms.div_euclid(1000);
         format!(

@@ -20,10 +20,7 @@ pub async fn shop_topics() -> ShopTopics {
         notifications_dlq: name("notifications-dlq"),
         dead_letters: name("dlq"),
     };
-    for (topic, compacted, partitions) in topics.all() {
-        let configs = if compacted { vec![("cleanup.policy", "compact".to_string())] } else { Vec::new() };
-        broker().create_topic_with(topic, partitions, &configs).await.expect("a topic");
-    }
+    kit_testing::create_topics(&topics.all()).await;
     topics
 }
 
@@ -35,32 +32,17 @@ pub fn deployment() -> Deployment {
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kit::read::{LogRecord, read_to_end};
+use kit::read::LogRecord;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Every committed record of `topic` (`partitions` of them), read to its end.
 pub async fn committed_records(topic: &str, partitions: i32) -> Vec<LogRecord> {
-    let mut config = broker().consumer_config(&unique("lesson13-reader"));
-    config.set("isolation.level", "read_committed");
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || read_to_end(config, &topic, partitions, Duration::from_secs(30)))
-        .await
-        .unwrap()
-        .expect("the topic reads to its end")
+    kit_testing::committed_records(topic, partitions).await
 }
 
 /// The latest value of each key of a changelog, as compaction would leave it.
 pub async fn latest(topic: &str) -> BTreeMap<String, Vec<u8>> {
-    let mut values = BTreeMap::new();
-    for record in committed_records(topic, 3).await {
-        let key = record.key.unwrap_or_default();
-        if record.payload.is_empty() {
-            values.remove(&key);
-        } else {
-            values.insert(key, record.payload);
-        }
-    }
-    values
+    kit_testing::latest_values(topic, 3).await
 }
 
 /// Writes `value` as JSON to `topic`, keyed by `key`, as a plain record.

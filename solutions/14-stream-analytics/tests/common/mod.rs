@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kit::read::{LogRecord, read_to_end};
+use kit::read::LogRecord;
 use kit::stage::Deployment;
 use kit_testing::{broker, unique};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -20,11 +20,12 @@ pub async fn analytics_topics(partitions: i32) -> AnalyticsTopics {
         state: name("state"),
         dead_letters: name("dlq"),
     };
-    for (topic, compacted, count) in topics.all() {
-        let configs = if compacted { vec![("cleanup.policy", "compact".to_string())] } else { Vec::new() };
-        let count = if topic == topics.activity { partitions } else { count };
-        broker().create_topic_with(topic, count, &configs).await.expect("a topic");
-    }
+    let all: Vec<(&str, bool, i32)> = topics
+        .all()
+        .into_iter()
+        .map(|(topic, compacted, count)| (topic, compacted, if topic == topics.activity { partitions } else { count }))
+        .collect();
+    kit_testing::create_topics(&all).await;
     topics
 }
 
@@ -46,11 +47,5 @@ pub async fn publish(topic: &str, events: &[Activity]) {
 
 /// Every committed record of `topic` (`partitions` of them).
 pub async fn committed_records(topic: &str, partitions: i32) -> Vec<LogRecord> {
-    let mut config = broker().consumer_config(&unique("lesson14-reader"));
-    config.set("isolation.level", "read_committed");
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || read_to_end(config, &topic, partitions, Duration::from_secs(30)))
-        .await
-        .unwrap()
-        .expect("the topic reads to its end")
+    kit_testing::committed_records(topic, partitions).await
 }
