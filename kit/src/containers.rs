@@ -25,6 +25,8 @@
 pub const KAFKA_TAG: &str = "4.1.1";
 /// The Redis tag (the same as `docker-compose.yml`).
 pub const REDIS_TAG: &str = "7.4-alpine";
+/// The RabbitMQ tag (the same as `docker-compose.yml`): 4.x, so streams (lesson 05) are there.
+pub const RABBITMQ_TAG: &str = "4.1-management";
 /// A label on every container the workbook starts, to find leftovers: `docker ps --filter label=…`.
 pub const LABEL: &str = "org.kafka-workbook.test";
 
@@ -57,6 +59,15 @@ pub fn redis_url() -> anyhow::Result<String> {
     anyhow::bail!("{WITHOUT_FEATURE}")
 }
 
+/// The AMQP URL of a RabbitMQ container started once per process (the RabbitMQ side of lessons 04, 05, 08 and 10
+/// under `WORKBOOK_BROKER=testcontainers`).
+pub fn rabbitmq_url() -> anyhow::Result<String> {
+    #[cfg(feature = "testcontainers")]
+    return docker::rabbitmq_url();
+    #[cfg(not(feature = "testcontainers"))]
+    anyhow::bail!("{WITHOUT_FEATURE}")
+}
+
 /// What `WORKBOOK_BROKER=testcontainers` says when kit was built without Docker support.
 #[cfg(not(feature = "testcontainers"))]
 const WITHOUT_FEATURE: &str = "WORKBOOK_BROKER=testcontainers needs kit's `testcontainers` feature (it builds the \
@@ -71,12 +82,13 @@ mod docker {
     use std::time::Duration;
 
     use testcontainers_modules::kafka::apache::{self, KAFKA_PORT};
+    use testcontainers_modules::rabbitmq::RabbitMq;
     use testcontainers_modules::redis::{REDIS_PORT, Redis};
     use testcontainers_modules::testcontainers::core::ImageExt;
     use testcontainers_modules::testcontainers::runners::AsyncRunner;
     use testcontainers_modules::testcontainers::{ContainerAsync, ContainerRequest, Image};
 
-    use super::{KAFKA_EXTRA_ENV, KAFKA_TAG, LABEL, REDIS_TAG};
+    use super::{KAFKA_EXTRA_ENV, KAFKA_TAG, LABEL, RABBITMQ_TAG, REDIS_TAG};
 
     /// How long a container may take to start (the first run also pulls the image).
     const START_TIMEOUT: Duration = Duration::from_secs(300);
@@ -102,6 +114,20 @@ mod docker {
             .get_or_init(|| {
                 let image = Redis::default().with_tag(REDIS_TAG).with_label(LABEL, "redis");
                 Owned::start("Redis", image, |host, port| format!("redis://{host}:{port}"), REDIS_PORT)
+                    .map_err(|e| format!("{e:#}"))
+            })
+            .clone()
+            .map_err(anyhow::Error::msg)
+    }
+
+    /// The URL of a RabbitMQ container started once per process. The module's image waits for RabbitMQ's
+    /// "Server startup complete" line; the tag is the compose file's, so streams are there.
+    pub(super) fn rabbitmq_url() -> anyhow::Result<String> {
+        static RABBITMQ: OnceLock<Result<String, String>> = OnceLock::new();
+        RABBITMQ
+            .get_or_init(|| {
+                let image = RabbitMq::default().with_tag(RABBITMQ_TAG).with_label(LABEL, "rabbitmq");
+                Owned::start("RabbitMQ", image, |host, port| format!("amqp://{host}:{port}/%2f"), 5672)
                     .map_err(|e| format!("{e:#}"))
             })
             .clone()
@@ -245,6 +271,7 @@ mod docker {
                 "apache/kafka:{KAFKA_TAG} in compose"
             );
             assert!(compose.contains(&format!("image: redis:{REDIS_TAG}")), "redis:{REDIS_TAG} in compose");
+            assert!(compose.contains(&format!("image: rabbitmq:{RABBITMQ_TAG}")), "rabbitmq:{RABBITMQ_TAG} in compose");
         }
 
         #[test]

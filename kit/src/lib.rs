@@ -26,13 +26,15 @@
 //! - [`grading`]: the "not graded on this broker" report, counted by `cargo xtask grade` and `test`.
 //! - [`redis`]: which Redis holds derived state (`REDIS_URL`, a test container, or the local default), and
 //!   connecting to it with a clear "start Redis with …" message when it is absent.
+//! - [`rabbitmq`]: which RabbitMQ the comparison uses (`RABBITMQ_URL`, a test container, or the local default),
+//!   and connecting to it with lapin, with a clear "start RabbitMQ with …" message when it is absent.
 //! - [`story`]: the opening every lesson's runnable story shares (logs, the broker named, its topics created).
 //! - [`wait`]: waiting on a condition with a deadline, the one polling loop tests and stories share.
 //! - [`telemetry`]: tracing set-up for the runnable stories and tools.
 //!
 //! Everything that is a Kafka or Redis client needs the default feature `clients`; xtask builds kit without it
 //! (`env`, `topics`, `jvm_kafka`, `containers`, `telemetry` and [`machine_dir`] remain). [`redis`] needs the
-//! feature `redis` (lessons 07 on).
+//! feature `redis` (lessons 07 on), [`rabbitmq`] the feature `rabbitmq` (lessons 04, 05, 08, 10 and the comparison).
 //!
 //! What only tests use (the broker a test binary shares, snapshot redactions, insta) is in the dev-only crate
 //! `kit-testing`, so the stories a learner runs never build it.
@@ -54,6 +56,8 @@ pub mod jvm_kafka;
 pub mod outage;
 #[cfg(feature = "clients")]
 pub mod publish;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "clients")]
 pub mod read;
 #[cfg(feature = "redis")]

@@ -28,6 +28,10 @@ pub struct LessonMeta {
     pub hints: Vec<Hint>,
     #[serde(default)]
     pub lazy: Vec<LazyAnswer>,
+    /// What the story's RabbitMQ counterpart shows (`cargo xtask lesson NN --rabbitmq`), for the lessons that
+    /// have one: its program then takes `--rabbitmq`.
+    #[serde(default)]
+    pub rabbitmq: Option<String>,
     /// Mutants of the exercise functions that no test can catch because they change no behaviour
     /// (`cargo xtask mutants` reports them apart from the missed ones).
     #[serde(default)]

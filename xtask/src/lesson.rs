@@ -1,4 +1,4 @@
-//! `cargo xtask lesson NN [--solution] [-- ARGS]`: runs a lesson's story against a broker.
+//! `cargo xtask lesson NN [--solution] [--rabbitmq] [-- ARGS]`: runs a lesson's story against a broker.
 //!
 //! The broker is, in order: `KAFKA_BOOTSTRAP_SERVERS` if set; a `cargo xtask broker` running on this machine;
 //! real Kafka that `cargo xtask kafka --detach` runs on 127.0.0.1:9092; `WORKBOOK_BROKER=kafka|testcontainers`
@@ -6,6 +6,10 @@
 //! tests do. A broker found here reaches the lesson binary in `KAFKA_BOOTSTRAP_SERVERS` (plus
 //! `WORKBOOK_BROKER_KIND=embedded` for a hosted mock, so clients are tuned for it). This command is no Kafka
 //! client itself, so xtask needs no librdkafka to run it (see `relaunch_with_clients` in main.rs).
+//!
+//! With `--rabbitmq` the same program tells the lesson's RabbitMQ counterpart instead (its `--rabbitmq` flag): no
+//! Kafka is looked for, and the program resolves RabbitMQ itself (`kit::rabbitmq`), saying how to start one
+//! when none answers.
 
 use std::process::ExitStatus;
 
@@ -13,13 +17,27 @@ use kit::env::{BOOTSTRAP_ENV, HOSTED_KIND_ENV};
 
 use crate::{broker, cargo, catalog};
 
-pub fn run(nn: &str, solution: bool, args: &[String]) -> anyhow::Result<()> {
+pub fn run(nn: &str, solution: bool, rabbitmq: bool, args: &[String]) -> anyhow::Result<()> {
     let lesson = catalog::find(nn)?;
     let package = if solution { lesson.solution_package() } else { lesson.exercise_package() };
     println!("lesson {} — {}{}", lesson.number, lesson.meta.title, if solution { " (solution)" } else { "" });
 
     let mut env: Vec<(&str, String)> = Vec::new();
-    if let Ok(bootstrap) = std::env::var(BOOTSTRAP_ENV) {
+    let mut args = args.to_vec();
+    if rabbitmq {
+        let Some(counterpart) = &lesson.meta.rabbitmq else {
+            let with: Vec<String> =
+                catalog::lessons()?.into_iter().filter(|l| l.meta.rabbitmq.is_some()).map(|l| l.number).collect();
+            anyhow::bail!(
+                "lesson {} has no RabbitMQ counterpart; these lessons have one: {}",
+                lesson.number,
+                with.join(", ")
+            );
+        };
+        println!("RabbitMQ counterpart: {counterpart}");
+        println!("broker: RabbitMQ (RABBITMQ_URL, else amqp://127.0.0.1:5672)");
+        args.insert(0, "--rabbitmq".into());
+    } else if let Ok(bootstrap) = std::env::var(BOOTSTRAP_ENV) {
         println!("broker: {bootstrap} (from {BOOTSTRAP_ENV})");
     } else if let Some(running) = broker::running_hosted_broker() {
         println!("broker: embedded, hosted by `cargo xtask broker` at {running}");
@@ -42,7 +60,7 @@ pub fn run(nn: &str, solution: bool, args: &[String]) -> anyhow::Result<()> {
 
     let mut command = cargo::cargo();
     // Not `--quiet`: the first run of a lesson compiles it, and cargo's progress says so.
-    command.args(["run", "--package", &package, "--"]).args(args);
+    command.args(["run", "--package", &package, "--"]).args(&args);
     for (key, value) in &env {
         command.env(key, value);
     }

@@ -41,6 +41,10 @@ enum Command {
         /// Run the solution instead of your exercise.
         #[arg(long)]
         solution: bool,
+        /// Run the lesson's RabbitMQ counterpart instead (lessons 04, 05, 08 and 10), on the RabbitMQ at
+        /// RABBITMQ_URL or 127.0.0.1:5672.
+        #[arg(long)]
+        rabbitmq: bool,
         /// Arguments for the lesson's program (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -210,7 +214,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Lesson { lesson, solution, args } => lesson::run(&lesson, solution, &args),
+        Command::Lesson { lesson, solution, rabbitmq, args } => lesson::run(&lesson, solution, rabbitmq, &args),
         #[cfg(feature = "brokers")]
         Command::Broker { host, port } => broker::run(&host, port),
         Command::Sync { lesson, check: true, .. } => sync::check(lesson),
