@@ -73,12 +73,8 @@ impl TestRun {
     }
 }
 
-/// Runs every test of `package` to the end (no fail-fast) and collects the verdicts.
-pub fn test_package(package: &str, extra_env: &[(&str, &str)]) -> anyhow::Result<TestRun> {
-    test_package_with(package, &[], extra_env)
-}
-
-/// [`test_package`] with more arguments for `cargo test` (which targets, `--features`).
+/// Runs every test of `package` to the end (no fail-fast), with more arguments for `cargo test` (which targets,
+/// `--features`), and collects the verdicts.
 pub fn test_package_with(package: &str, extra_args: &[&str], extra_env: &[(&str, &str)]) -> anyhow::Result<TestRun> {
     let ungraded_log = ungraded_log_path(package);
     let _ = std::fs::remove_file(&ungraded_log);
