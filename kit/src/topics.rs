@@ -245,6 +245,55 @@ pub const ANALYTICS_DLQ: TopicSpec =
 pub const ANALYTICS_TOPICS: &[TopicSpec] =
     &[SHOP_ACTIVITY, ANALYTICS_WINDOWS, ANALYTICS_LATE, ANALYTICS_STATE, ANALYTICS_DLQ];
 
+/// Lesson 15's notifications: orders whose customer gets an e-mail through a provider that fails. Keyed by order id.
+pub const MAIL_REQUESTS: TopicSpec = TopicSpec {
+    name: "mail.requests",
+    partitions: 3,
+    retention_ms: Some(7 * DAY_MS),
+    compression: "lz4",
+    compacted: false,
+    purpose: "lesson 15: e-mails to send, keyed by order id",
+};
+/// E-mails the provider refused for good (a 4xx other than 429), with the reason in headers.
+pub const MAIL_DLQ: TopicSpec = TopicSpec {
+    name: "mail.dlq",
+    partitions: 1,
+    retention_ms: Some(30 * DAY_MS),
+    purpose: "lesson 15: e-mails the provider refused for good",
+    ..MAIL_REQUESTS
+};
+
+/// Every topic of lesson 15.
+pub const MAIL_TOPICS: &[TopicSpec] = &[MAIL_REQUESTS, MAIL_DLQ];
+
+/// Lesson 16's traced flow: an order in, a shipment out, one trace across both hops. Keyed by order id.
+pub const TRACED_ORDERS: TopicSpec = TopicSpec {
+    name: "traced.orders",
+    partitions: 3,
+    retention_ms: Some(DAY_MS),
+    compression: "lz4",
+    compacted: false,
+    purpose: "lesson 16: orders carrying a W3C traceparent header",
+};
+pub const TRACED_SHIPMENTS: TopicSpec = TopicSpec {
+    name: "traced.shipments",
+    purpose: "lesson 16: shipments, continuing each order's trace",
+    ..TRACED_ORDERS
+};
+/// Lesson 16's performance lab: what the producer and consumer settings are measured on. No compression on the
+/// topic: the producer's `compression.type` is one of the settings swept, and the broker keeps what it gets.
+pub const PERF_LAB: TopicSpec = TopicSpec {
+    name: "perf.lab",
+    partitions: 3,
+    retention_ms: Some(60 * 60 * 1000),
+    compression: "producer",
+    compacted: false,
+    purpose: "lesson 16: the performance lab's records (one hour)",
+};
+
+/// Every topic of lesson 16.
+pub const OBSERVABILITY_TOPICS: &[TopicSpec] = &[TRACED_ORDERS, TRACED_SHIPMENTS, PERF_LAB];
+
 /// Every topic the workbook's stories use.
 pub const WORKBOOK_TOPICS: &[TopicSpec] = &[
     USER_EVENTS,
@@ -282,6 +331,11 @@ pub const WORKBOOK_TOPICS: &[TopicSpec] = &[
     ANALYTICS_LATE,
     ANALYTICS_STATE,
     ANALYTICS_DLQ,
+    MAIL_REQUESTS,
+    MAIL_DLQ,
+    TRACED_ORDERS,
+    TRACED_SHIPMENTS,
+    PERF_LAB,
 ];
 
 /// Looks a topic up by name.
