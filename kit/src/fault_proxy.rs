@@ -461,16 +461,16 @@ fn relay_requests(
             shared.close_connections();
             return Ok(());
         }
-        if api_key == Some(ApiKey::EndTxn) {
-            if let Some(code) = shared.end_txn_errors.lock().unwrap().pop_front() {
-                shared.requests_failed.fetch_add(1, Ordering::SeqCst);
-                tracing::debug!("fault proxy: answered EndTxn {} with error {code}", header.correlation_id);
-                waiting.synthetic = Some(end_txn_error_response(&header, code)?);
-                let mut answers = connection.answers.lock().unwrap();
-                answers.waiting.push_back(waiting);
-                answers.send_ready_synthetic()?;
-                continue;
-            }
+        if api_key == Some(ApiKey::EndTxn)
+            && let Some(code) = shared.end_txn_errors.lock().unwrap().pop_front()
+        {
+            shared.requests_failed.fetch_add(1, Ordering::SeqCst);
+            tracing::debug!("fault proxy: answered EndTxn {} with error {code}", header.correlation_id);
+            waiting.synthetic = Some(end_txn_error_response(&header, code)?);
+            let mut answers = connection.answers.lock().unwrap();
+            answers.waiting.push_back(waiting);
+            answers.send_ready_synthetic()?;
+            continue;
         }
         if let Some(api) = api_key.filter(|api| TRANSACTIONAL_APIS.contains(api)) {
             match read_transactional_request(api, body.clone(), header.request_api_version) {

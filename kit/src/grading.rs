@@ -21,15 +21,15 @@ pub fn can_grade(broker: &Broker, capability: Capability, test: &str) -> bool {
     );
     // Straight to the stderr handle: libtest captures `eprintln!` of passing tests, not this.
     let _ = std::io::stderr().write_all(line.as_bytes());
-    if let Ok(path) = std::env::var(UNGRADED_LOG_ENV) {
-        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            let entry = serde_json::json!({
-                "crate": std::env::var("CARGO_PKG_NAME").unwrap_or_default(),
-                "test": test,
-                "capability": capability.describe(),
-            });
-            let _ = writeln!(file, "{entry}");
-        }
+    if let Ok(path) = std::env::var(UNGRADED_LOG_ENV)
+        && let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path)
+    {
+        let entry = serde_json::json!({
+            "crate": std::env::var("CARGO_PKG_NAME").unwrap_or_default(),
+            "test": test,
+            "capability": capability.describe(),
+        });
+        let _ = writeln!(file, "{entry}");
     }
     false
 }

@@ -407,10 +407,10 @@ impl JvmCluster {
     /// Whether every node is still running; the first one that is not, with the end of its log.
     pub fn check_alive(&mut self) -> anyhow::Result<()> {
         for node in &mut self.nodes {
-            if let Some(process) = &mut node.process {
-                if !process.alive() {
-                    bail!("{} exited; the end of its log:\n{}", node_label(node), tail_of_logs(&node.dir, 15));
-                }
+            if let Some(process) = &mut node.process
+                && !process.alive()
+            {
+                bail!("{} exited; the end of its log:\n{}", node_label(node), tail_of_logs(&node.dir, 15));
             }
         }
         Ok(())

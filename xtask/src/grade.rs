@@ -450,6 +450,7 @@ mod tests {
                 summary: String::new(),
                 hints: vec![],
                 lazy: vec![],
+                rabbitmq: None,
                 equivalent: vec![],
             },
         }

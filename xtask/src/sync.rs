@@ -230,11 +230,14 @@ pub fn rename_crate(text: &str, number: &str) -> String {
 }
 
 /// Puts the exercise's lint allowances after the file's leading comments (inner attributes must precede items).
+/// A `///` line is not one of them: it documents the first item (`/// The RabbitMQ side.` over `pub mod rabbit;`),
+/// so the allowances go before it, never between it and its item.
 fn insert_allow(text: &str) -> String {
     let mut at = 0;
     for line in text.split_inclusive('\n') {
         let t = line.trim();
-        if t.is_empty() || t.starts_with("//") || t.starts_with("#![") {
+        let outer_doc = t.starts_with("///") && !t.starts_with("////");
+        if t.is_empty() || (t.starts_with("//") && !outer_doc) || t.starts_with("#![") {
             at += line.len();
         } else {
             break;
@@ -305,4 +308,18 @@ fn orphan_lessons(lessons: &[Lesson]) -> anyhow::Result<Option<String>> {
         }
     }
     Ok((!orphans.is_empty()).then(|| format!("lessons without a solution (delete them): {}", orphans.join(", "))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::insert_allow;
+
+    #[test]
+    fn the_allowances_go_after_the_module_docs_and_before_the_first_items_docs() {
+        let text = "//! The crate.\n\n/// The RabbitMQ side.\npub mod rabbit;\n";
+        let out = insert_allow(text);
+        let allow = out.find("#![allow(").unwrap();
+        assert!(out.find("//! The crate.").unwrap() < allow, "{out}");
+        assert!(allow < out.find("/// The RabbitMQ side.").unwrap(), "{out}");
+    }
 }
