@@ -299,7 +299,7 @@ impl OrderWriter {
         for event in events {
             state = evolve(state, &event);
             stored.push(StoredEvent { order_id: order_id.to_string(), version: state.version, event });
-            if state.version % self.snapshot_every == 0 {
+            if state.version.is_multiple_of(self.snapshot_every) {
                 snapshot = Some(Snapshot { order_id: order_id.to_string(), state: state.clone() });
             }
         }
