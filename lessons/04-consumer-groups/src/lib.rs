@@ -12,6 +12,9 @@
 // Until every TODO is written, its `todo!()` leaves imports and arguments unused: no need to warn.
 #![allow(unused_imports, unused_variables, unused_mut, dead_code, unreachable_code)]
 
+/// The same lesson on RabbitMQ: a fanout exchange, a queue per subscriber, competing workers (`--rabbitmq`).
+pub mod rabbit;
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
