@@ -9,7 +9,8 @@
 //! handled or safely in the DLQ, with its original key and payload and headers that say why.
 //!
 //! The functions here are what the tests grade; `main.rs` tells the story and `bin/replay.rs` moves dead
-//! letters back after a fix.
+//! letters back after a fix. [`rabbit`] is the same lesson on RabbitMQ, where the broker routes retries and dead
+//! letters (`--rabbitmq`).
 
 // Until every TODO is written, its `todo!()` leaves imports and arguments unused: no need to warn.
 #![allow(unused_imports, unused_variables, unused_mut, dead_code, unreachable_code)]
@@ -24,6 +25,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
+
+pub mod rabbit;
 
 /// Header names on a dead letter.
 pub mod header {

@@ -7,7 +7,8 @@
 //! handled or safely in the DLQ, with its original key and payload and headers that say why.
 //!
 //! The functions here are what the tests grade; `main.rs` tells the story and `bin/replay.rs` moves dead
-//! letters back after a fix.
+//! letters back after a fix. [`rabbit`] is the same lesson on RabbitMQ, where the broker routes retries and dead
+//! letters (`--rabbitmq`).
 
 use std::future::Future;
 use std::time::Duration;
@@ -19,6 +20,8 @@ use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Serialize;
+
+pub mod rabbit;
 
 /// Header names on a dead letter.
 pub mod header {
