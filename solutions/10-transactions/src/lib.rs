@@ -22,6 +22,9 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+/// The RabbitMQ counterpart: publisher confirms, and consume-transform-publish in one AMQP transaction.
+pub mod rabbit;
+
 /// The producer every function here writes with: transactional, serving its own delivery reports.
 pub type TxnProducer = ThreadedProducer<DefaultProducerContext>;
 

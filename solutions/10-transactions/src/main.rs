@@ -10,7 +10,12 @@
 //! answers the zombie's write as Kafka would. Everything after the opening is blocking (librdkafka's transactional
 //! calls are), so it runs on tokio's blocking pool.
 //!
-//! Run it with `cargo xtask lesson 10` (your exercise) or `cargo xtask lesson 10 --solution`.
+//! With `--rabbitmq` it tells the RabbitMQ counterpart instead (module `rabbitmq_story` at the end; no Kafka is
+//! started): publisher confirms against per-message AMQP transactions, timed; a transaction committed and one
+//! rolled back; and the inventory service forwarding requests with `forward_in_tx` through a failure part-way.
+//!
+//! Run it with `cargo xtask lesson 10` (your exercise) or `cargo xtask lesson 10 --solution`, and add
+//! `--rabbitmq` for the RabbitMQ counterpart.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -35,11 +40,17 @@ struct Args {
     /// How many orders the order service takes (the second one's writes are refused).
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(3..=200))]
     orders: u32,
+    /// Tell the RabbitMQ counterpart instead (confirms, AMQP transactions, forward_in_tx): no Kafka is started.
+    #[arg(long)]
+    rabbitmq: bool,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.rabbitmq {
+        return rabbitmq_story::run().await;
+    }
     let broker = kit::story::start(&[ORDERS_EVENTS, INVENTORY_REQUESTS, INVENTORY_EVENTS]).await?;
     tokio::task::spawn_blocking(move || story(&broker, args.orders)).await?
 }
@@ -329,4 +340,254 @@ fn keys_read(
         }
     }
     Ok(keys)
+}
+
+/// The RabbitMQ counterpart of the story (`--rabbitmq`): what RabbitMQ offers where Kafka has transactions.
+mod rabbitmq_story {
+    use std::collections::BTreeMap;
+    use std::time::{Duration, Instant};
+
+    use futures::StreamExt;
+    use kit::rabbitmq::{RabbitMq, SCRATCH_QUEUE_TTL, delete_queues};
+    use lapin::options::{
+        BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, BasicQosOptions, BasicRecoverOptions,
+        QueueDeclareOptions,
+    };
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::{Channel, Connection};
+    use solution_10::rabbit::{
+        LineReserved, Outgoing, forward_in_tx, persistent_json, publish_confirmed, reserve_lines,
+    };
+    use solution_10::{ReserveStock, sample_orders};
+
+    /// How many messages the timed acts publish.
+    const TIMED: usize = 1000;
+    /// How many requests the inventory service forwards in act 4.
+    const REQUESTS: u32 = 4;
+    /// The longest the inventory service waits for its next request.
+    const NEXT_REQUEST: Duration = Duration::from_secs(5);
+
+    pub async fn run() -> anyhow::Result<()> {
+        let rabbitmq = RabbitMq::resolve()?;
+        println!("{}", rabbitmq.describe());
+        let connection = rabbitmq.connect().await?;
+        let admin = connection.create_channel().await?;
+        let timed = kit::topics::unique("l10-story-timed");
+        let requests = kit::topics::unique("l10-story-requests");
+        let reservations = kit::topics::unique("l10-story-reservations");
+        for queue in [&timed, &requests, &reservations] {
+            declare(&admin, queue).await?;
+        }
+        let told = tell(&connection, &admin, &timed, &requests, &reservations).await;
+        // Whatever happened, leave nothing behind.
+        delete_queues(&admin, &[&timed, &requests, &reservations]).await?;
+        connection.close(200, "OK".into()).await?;
+        told
+    }
+
+    async fn tell(
+        connection: &Connection,
+        admin: &Channel,
+        timed: &str,
+        requests: &str,
+        reservations: &str,
+    ) -> anyhow::Result<()> {
+        let messages: Vec<Outgoing> = (0..TIMED).map(|n| Outgoing::to_queue(timed, format!("{{\"n\":{n}}}"))).collect();
+
+        println!(
+            "\n1. publisher confirms: {TIMED} persistent messages, published at once, each confirmed by the broker"
+        );
+        let confirming = connection.create_channel().await?;
+        let started = Instant::now();
+        publish_confirmed(&confirming, &messages).await?;
+        let confirmed_in = started.elapsed();
+        println!(
+            "   {TIMED} confirmed in {} ms: each confirm says \"this message is safe\", and nothing about any other",
+            confirmed_in.as_millis()
+        );
+        admin.queue_purge(timed.into(), Default::default()).await?;
+
+        println!("\n2. an AMQP transaction on one channel (tx.select once; each commit or rollback ends one)");
+        let tx = connection.create_channel().await?;
+        tx.tx_select().await?;
+        let (kept, dropped) = (request("order-kept", 2), request("order-dropped", 3));
+        publish_all(&tx, reserve_lines(&kept, reservations)).await?;
+        println!("   {} lines of {} published, not committed yet: a consumer sees {} message(s)", 2, kept.order_id, {
+            ready(admin, reservations).await?
+        });
+        tx.tx_commit().await?;
+        publish_all(&tx, reserve_lines(&dropped, reservations)).await?;
+        tx.tx_rollback().await?;
+        let seen = drain_lines(admin, reservations).await?;
+        println!(
+            "   after tx.commit of {} and tx.rollback of {}: a consumer finds {:?} — the rolled-back publishes were \
+             never enqueued",
+            kept.order_id,
+            dropped.order_id,
+            seen.keys().collect::<Vec<_>>()
+        );
+
+        println!("\n3. the same {TIMED} messages, one transaction each (publish, tx.commit)");
+        let started = Instant::now();
+        for message in &messages {
+            tx.basic_publish(
+                message.exchange.as_str().into(),
+                message.routing_key.as_str().into(),
+                BasicPublishOptions::default(),
+                &message.payload,
+                persistent_json(),
+            )
+            .await?;
+            tx.tx_commit().await?;
+        }
+        let transacted_in = started.elapsed();
+        println!(
+            "   {TIMED} committed in {} ms: {:.0}x the confirms — every commit is a round trip, and a disk sync",
+            transacted_in.as_millis(),
+            transacted_in.as_secs_f64() / confirmed_in.as_secs_f64().max(1e-6)
+        );
+        tx.close(200, "OK".into()).await?;
+
+        println!(
+            "\n4. the inventory service forwards {REQUESTS} requests with forward_in_tx: its lines and the request's \
+             ack in one transaction; the stock service fails once, part-way"
+        );
+        let orders: Vec<ReserveStock> = sample_orders(1, REQUESTS).iter().map(|o| o.records().1).collect();
+        let inputs: Vec<Outgoing> = orders
+            .iter()
+            .map(|r| Ok(Outgoing::to_queue(requests, serde_json::to_vec(r)?)))
+            .collect::<anyhow::Result<_>>()?;
+        publish_confirmed(admin, &inputs).await?;
+        let failing = orders.iter().rev().find(|r| r.items.len() > 1).map(|r| r.order_id.clone()).unwrap_or_default();
+        let mut failed_once = false;
+        let service = connection.create_channel().await?;
+        service.basic_qos(1, BasicQosOptions::default()).await?;
+        let mut deliveries = service
+            .basic_consume(requests.into(), "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        let mut forwarded = 0;
+        while forwarded < orders.len() {
+            let delivery = tokio::time::timeout(NEXT_REQUEST, deliveries.next())
+                .await
+                .map_err(|_| anyhow::anyhow!("no request came within {NEXT_REQUEST:?}"))?
+                .ok_or_else(|| anyhow::anyhow!("the consumer ended"))??;
+            let request: ReserveStock = serde_json::from_slice(&delivery.data)?;
+            let again = if delivery.redelivered { " (redelivered)" } else { "" };
+            let outputs = reserve_lines(&request, reservations);
+            let visible_before = ready(admin, reservations).await?;
+            let result = if request.order_id == failing && !failed_once {
+                failed_once = true;
+                let failing_part_way =
+                    outputs.take(1).chain([Err(anyhow::anyhow!("the stock service did not answer"))]);
+                forward_in_tx(&service, &delivery, failing_part_way).await
+            } else {
+                forward_in_tx(&service, &delivery, outputs).await
+            };
+            match result {
+                Ok(lines) => {
+                    forwarded += 1;
+                    println!("   {}{again}: {lines} line(s) published, request acked, in one commit", request.order_id);
+                }
+                Err(error) => {
+                    println!(
+                        "   {}{again}: failed after its first line ({}) — rolled back: the output queue holds \
+                         {} line(s), the {visible_before} it held before; the request is unacknowledged",
+                        request.order_id,
+                        error.root_cause(),
+                        ready(admin, reservations).await?
+                    );
+                    // The request is still unacknowledged, held by this channel: ask for it again.
+                    service.basic_recover(BasicRecoverOptions { requeue: true }).await?;
+                }
+            }
+        }
+        service.close(200, "OK".into()).await?;
+        let lines = drain_lines(admin, reservations).await?;
+        let expected: usize = orders.iter().map(|r| r.items.len()).sum();
+        let once = lines.values().all(|n| *n == 1) && lines.len() == expected;
+        println!(
+            "   => {} requests, {} lines reserved ({}), {} request(s) left in the queue",
+            orders.len(),
+            lines.values().sum::<usize>(),
+            if once { "each exactly once" } else { "NOT each exactly once" },
+            ready(admin, requests).await?
+        );
+
+        println!("\nKafka vs RabbitMQ:");
+        println!(
+            "   Kafka: one transaction spans partitions of several topics and the consumer group's offsets; aborted \
+             records stay in the log, and read_committed readers skip them."
+        );
+        println!(
+            "   RabbitMQ: one transaction spans one channel's publishes and acks; a rolled-back publish is never \
+             enqueued, a rolled-back ack leaves the message held, to come back redelivered."
+        );
+        println!(
+            "   RabbitMQ's price: synchronous commits ({:.0}x slower than confirms here); no atomicity promised if the \
+             broker fails during tx.commit (its docs: effects may show in some queues only); and no identity to fence \
+             a zombie by, as Kafka does by transactional.id — the channel is the only boundary: a stalled consumer \
+             keeps its input until its channel closes, which takes its open transaction with it.",
+            transacted_in.as_secs_f64() / confirmed_in.as_secs_f64().max(1e-6)
+        );
+        println!(
+            "   Neither rolls back what the transform did elsewhere (an e-mail, an HTTP call): lesson 07's idempotency \
+             does that, on both."
+        );
+        Ok(())
+    }
+
+    /// A durable classic queue that deletes itself if the story is killed before it cleans up.
+    async fn declare(channel: &Channel, queue: &str) -> anyhow::Result<()> {
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-expires".into(), AMQPValue::LongLongInt(SCRATCH_QUEUE_TTL.as_millis() as i64));
+        channel
+            .queue_declare(queue.into(), QueueDeclareOptions { durable: true, ..Default::default() }, arguments)
+            .await?;
+        Ok(())
+    }
+
+    /// A stock request for `order_id` with `lines` lines.
+    fn request(order_id: &str, lines: u32) -> ReserveStock {
+        ReserveStock {
+            request: "RESERVE".into(),
+            order_id: order_id.into(),
+            items: (0..lines).map(|n| solution_10::Item { product_id: format!("SKU-{n}"), quantity: 1 }).collect(),
+        }
+    }
+
+    /// Publishes `outputs` on `channel` as they come (inside its transaction, if it has one).
+    async fn publish_all(
+        channel: &Channel,
+        outputs: impl Iterator<Item = anyhow::Result<Outgoing>>,
+    ) -> anyhow::Result<()> {
+        for output in outputs {
+            let output = output?;
+            channel
+                .basic_publish(
+                    output.exchange.as_str().into(),
+                    output.routing_key.as_str().into(),
+                    BasicPublishOptions::default(),
+                    &output.payload,
+                    persistent_json(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// How many messages `queue` holds, ready for a consumer.
+    async fn ready(channel: &Channel, queue: &str) -> anyhow::Result<u32> {
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        Ok(channel.queue_declare(queue.into(), passive, FieldTable::default()).await?.message_count())
+    }
+
+    /// Takes every `LineReserved` in `queue`, as a consumer would: how often each (order, product) came.
+    async fn drain_lines(channel: &Channel, queue: &str) -> anyhow::Result<BTreeMap<String, usize>> {
+        let mut seen = BTreeMap::new();
+        while let Some(message) = channel.basic_get(queue.into(), BasicGetOptions { no_ack: true }).await? {
+            let line: LineReserved = serde_json::from_slice(&message.delivery.data)?;
+            *seen.entry(format!("{}/{}", line.order_id, line.product_id)).or_default() += 1;
+        }
+        Ok(seen)
+    }
 }
