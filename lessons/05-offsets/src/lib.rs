@@ -15,6 +15,9 @@
 // Until every TODO is written, its `todo!()` leaves imports and arguments unused: no need to warn.
 #![allow(unused_imports, unused_variables, unused_mut, dead_code, unreachable_code)]
 
+/// The RabbitMQ counterpart (`--rabbitmq`): per-message settlement on a classic queue, and streams, RabbitMQ's log.
+pub mod rabbit;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

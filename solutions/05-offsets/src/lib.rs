@@ -10,6 +10,9 @@
 //!
 //! The functions here are what the tests grade; `main.rs` tells the story with them.
 
+/// The RabbitMQ counterpart (`--rabbitmq`): per-message settlement on a classic queue, and streams, RabbitMQ's log.
+pub mod rabbit;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
