@@ -492,6 +492,12 @@ async fn the_original_survives_a_copy_not_stored(rig: &mut Rig, topology: Topolo
         result.is_err(),
         "{why}: on_failure must return an error, not {result:?} (a copy the broker did not store is no copy)"
     );
+    assert_eq!(
+        rig.ready(&rig.topology.work).await,
+        0,
+        "{why}: the original must stay with its consumer, unsettled, while the channel lives; it is back in the work \
+         queue already (requeued), so the work loop gets it again at once while the copy still cannot be stored"
+    );
     rig.reopen_channel().await;
     assert_eq!(
         rig.ready(&rig.topology.work).await,
