@@ -284,16 +284,47 @@ async fn a_delivery_is_settled_only_once() {
     let connection = test_connection().await;
     let queue = work_queue(&connection).await;
     let (channel, mut consumer) = consume(&connection, &queue).await;
-    publish(&channel, &queue, &texts("m", 1)).await.expect("a message published");
-    let delivery = take(&mut consumer, 1, "the message").await.remove(0);
-    settle(&delivery, Outcome::Done).await.expect("the first settlement");
-    let second = settle(&delivery, Outcome::RetryLater).await;
+    let outcomes = [Outcome::Done, Outcome::RetryLater, Outcome::Poison];
+    publish(&channel, &queue, &texts("m", outcomes.len())).await.expect("a message per second outcome");
+    let deliveries = take(&mut consumer, outcomes.len(), "the messages").await;
+    for (delivery, second_outcome) in deliveries.iter().zip(outcomes) {
+        settle(delivery, Outcome::Done).await.expect("the first settlement");
+        let second = settle(delivery, second_outcome).await;
+        assert!(
+            second.is_err(),
+            "settling a delivery already settled as Done again as {second_outcome:?} must be an error, not a second \
+             settlement (lapin answers a second use of a delivery's acker with Ok(false), and sends nothing)"
+        );
+    }
     let came_back = until_marker(&channel, &mut consumer, &queue).await;
     close(channel).await;
     let left = depth(&connection, &queue).await;
+    assert!(came_back.is_empty() && left == 0, "the messages were done: the second settlements changed nothing");
+}
 
-    assert!(second.is_err(), "settling a delivery already settled must be an error, not a second settlement");
-    assert!(came_back.is_empty() && left == 0, "the message was done: the second settlement changed nothing");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_retried_again_comes_back_again() {
+    let connection = test_connection().await;
+    let queue = work_queue(&connection).await;
+    let (channel, mut consumer) = consume(&connection, &queue).await;
+    publish(&channel, &queue, &texts("m", 1)).await.expect("a message published");
+    let first = take(&mut consumer, 1, "the message").await.remove(0);
+    settle(&first, Outcome::RetryLater).await.expect("the first retry");
+    let mut back = until_marker(&channel, &mut consumer, &queue).await;
+    assert_eq!(back.iter().map(seen).collect::<Vec<_>>(), [again("m0")], "the retried message comes back");
+    let redelivered = back.remove(0);
+    settle(&redelivered, Outcome::RetryLater).await.expect("a retry of a redelivered message");
+    let back_again = until_marker(&channel, &mut consumer, &queue).await;
+    assert_eq!(
+        back_again.iter().map(seen).collect::<Vec<_>>(),
+        [again("m0")],
+        "RetryLater always puts the message back, however often it was delivered before: dropping a redelivered \
+         one loses it"
+    );
+    for delivery in &back_again {
+        settle(delivery, Outcome::Done).await.expect("done at last");
+    }
+    close(channel).await;
 }
 
 /// A fresh stream holding `payloads`, published on a confirming channel; deleted when the guard is dropped.
@@ -312,7 +343,12 @@ async fn stream_with(connection: &Connection, payloads: &[String]) -> (Scratch, 
 /// `read_stream` on a channel of its own, bounded, with the reason RabbitMQ gave if it refused the reader.
 async fn reader(connection: &Connection, stream: &str, from: StreamStart) -> Consumer {
     let channel = connection.create_channel().await.expect("a channel");
-    tokio::time::timeout(WAIT, read_stream(&channel, stream, from))
+    reader_on(&channel, stream, from).await
+}
+
+/// `read_stream` on `channel`, bounded, with the reason RabbitMQ gave if it refused the reader.
+async fn reader_on(channel: &Channel, stream: &str, from: StreamStart) -> Consumer {
+    tokio::time::timeout(WAIT, read_stream(channel, stream, from))
         .await
         .unwrap_or_else(|_| panic!("read_stream({from:?}) did not return within {WAIT:?}"))
         .unwrap_or_else(|e| panic!("RabbitMQ refused the stream reader from {from:?}: {e:#}"))
@@ -373,8 +409,10 @@ async fn a_stream_reader_with_next_gets_only_what_is_published_after_it_starts()
 async fn reading_a_stream_removes_nothing() {
     let connection = test_connection().await;
     let (stream, _publisher) = stream_with(&connection, &texts("s", 6)).await;
-    let mut first = reader(&connection, &stream, StreamStart::First).await;
-    let mut second = reader(&connection, &stream, StreamStart::First).await;
+    // Two readers on one channel: each gets a consumer of its own (a reader's tag must not collide with another's).
+    let shared = connection.create_channel().await.expect("a channel");
+    let mut first = reader_on(&shared, &stream, StreamStart::First).await;
+    let mut second = reader_on(&shared, &stream, StreamStart::First).await;
     let first_reader = read(&mut first, 6, "the first reader's messages").await;
     let second_reader = read(&mut second, 6, "the second reader's messages").await;
     let mut third = reader(&connection, &stream, StreamStart::First).await;
