@@ -86,7 +86,7 @@ async fn through_an_outage_the_consumer_pauses_commits_only_what_it_sent_and_eve
     assert_eq!(
         fetched.while_open, 0,
         "records fetched from {} while the breaker was open and cooling down: {} (pause every assigned partition \
-         when a record is held — before seeking back — and resume only once the breaker would let a call through)",
+         when a record is held, and resume only once the breaker would let a call through)",
         topics.requests, fetched.while_open
     );
 
@@ -132,7 +132,13 @@ async fn through_an_outage_the_consumer_pauses_commits_only_what_it_sent_and_eve
         async || (committed(&group, &topics.requests).await == expected).then_some(()),
     )
     .await;
+    let (held, resumed) = (MailerStats::get(&stats.held), MailerStats::get(&stats.resumed));
     running.stop().await;
+    assert!(
+        (1..=held).contains(&resumed),
+        "the partitions were resumed {resumed} times for {held} records held: once resumed, the consumer is no \
+         longer paused (clear `paused`), and only a new hold pauses it again"
+    );
 
     let per_order = provider.emails_per_order();
     let wrong: BTreeMap<&String, usize> =

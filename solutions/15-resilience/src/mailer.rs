@@ -248,7 +248,7 @@ impl Mailer {
     // nothing more is fetched, and nothing piles up in memory, while the provider is down — and seek the
     // record's partition back to the record itself, so that it is read again on resume and no record is skipped
     // (pausing drops what was fetched and not yet read, and resumes after the last record read: after this one).
-    // Pause before you seek, and set `self.paused`. Never commit a record before it is sent or dead-lettered. The
+    // Set `self.paused`. Never commit a record before it is sent or dead-lettered. The
     // tests run the consumer on the broker through an outage, a recovery and a refused e-mail, and check the
     // provider's log (one e-mail per order), the committed offsets, `mail.dlq`, and librdkafka's own count of
     // records fetched while the breaker was open.

@@ -89,8 +89,8 @@ impl Policy<MailRequest, Delivery, MailError> for MailRetry {
     // result stands). Every request counts once in the budget (`deposit`), on its first attempt's result, whether
     // it succeeded or not — the budget is a share of requests. Retry only what `is_retryable` allows, at most
     // `max_retries` times per request, and only when the budget lets one be taken (`withdraw`). The wait is
-    // `backoff.delay` for this retry with a random fraction (`fastrand::f64()`), but a 429 that says when to come
-    // back (`retry_after`) waits at least that long. The tests count the attempts a scripted provider sees, and
+    // `backoff.delay` for this retry with a random fraction (`fastrand::f64()`); a 429 that says when to come back
+    // (`retry_after`) waits the longer of the two (never their sum). The tests count the attempts a scripted provider sees, and
     // measure the waits on tokio's paused clock.
     // ANCHOR: retry
     fn retry(&mut self, _request: &mut MailRequest, result: &mut Result<Delivery, MailError>) -> Option<Self::Future> {

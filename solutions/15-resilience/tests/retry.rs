@@ -148,6 +148,12 @@ async fn a_429_waits_at_least_as_long_as_its_retry_after_says() {
     let gaps = provider.gaps();
     assert_eq!(gaps.len(), 1, "one retry");
     assert!(gaps[0] >= Duration::from_secs(3), "the retry came {:?} after the 429: Retry-After said 3 s", gaps[0]);
+    assert!(
+        gaps[0] < Duration::from_secs(3) + BACKOFF.base / 2,
+        "the retry came {:?} after the 429: Retry-After said 3 s, longer than the backoff, so the wait is 3 s — the \
+         longer of the two, not their sum",
+        gaps[0]
+    );
 
     let provider = Scripted::new([Err(status(429))], Ok(Delivery { status: 202 }));
     assert_eq!(provider.send(&policy, request("o-2")).await, Ok(Delivery { status: 202 }));
