@@ -6,6 +6,7 @@ mod book;
 mod broker;
 mod cargo;
 mod catalog;
+mod compare;
 mod compose;
 mod exercise;
 mod grade;
@@ -102,6 +103,25 @@ enum Command {
     /// Create the workbook's topics (kit::topics::WORKBOOK_TOPICS) on a real broker.
     Topics {
         /// The broker (default: KAFKA_BOOTSTRAP_SERVERS, else the compose stack's 127.0.0.1:9092).
+        #[arg(long)]
+        bootstrap: Option<String>,
+    },
+    /// Measure the same workload on real Kafka and RabbitMQ on this machine (throughput, latency, a consumer
+    /// crash, replay) and write the comparison chapter's table, docs/generated/compare.md.
+    Compare {
+        /// A small workload for CI (under a minute once built), written to target/workbook/compare-quick.md.
+        #[arg(long)]
+        quick: bool,
+        /// Messages per throughput run (default 100000; 5000 with --quick).
+        #[arg(long)]
+        messages: Option<u64>,
+        /// Bytes per message.
+        #[arg(long, default_value_t = 1024)]
+        size: u64,
+        /// Where to write the markdown (relative to the workspace root).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+        /// The Kafka to measure (default KAFKA_BOOTSTRAP_SERVERS, else `cargo xtask kafka --detach`'s).
         #[arg(long)]
         bootstrap: Option<String>,
     },
@@ -233,6 +253,9 @@ fn run(command: Command) -> anyhow::Result<()> {
             relaunch_with_clients()
         }
         Command::Down => compose::down(),
+        Command::Compare { quick, messages, size, out, bootstrap } => {
+            compare::run(compare::Options { quick, messages, size, out, bootstrap })
+        }
         Command::List => learner::list(),
         Command::Check { lesson, run } => learner::check(&lesson, &run.settings()),
         Command::Hint { lesson, level } => learner::hint(&lesson, level),
