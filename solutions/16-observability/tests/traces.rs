@@ -205,6 +205,8 @@ fn without_a_parent_a_new_sampled_trace_starts() {
         assert_ne!(root.trace_id, 0);
         assert_ne!(root.span_id, 0);
         assert_ne!(root.trace_id, u128::from(root.span_id), "the trace id is drawn on its own");
+        let halves = [root.trace_id as u64, (root.trace_id >> 64) as u64];
+        assert!(!halves.contains(&root.span_id), "the span id is drawn on its own too, not cut from the trace id");
     }
     assert_eq!(roots.iter().map(|r| r.trace_id).collect::<BTreeSet<_>>().len(), 20, "a fresh trace each time");
     assert!(roots.iter().any(|r| r.trace_id > u128::from(u64::MAX)), "trace ids of 128 random bits");
