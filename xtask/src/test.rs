@@ -184,9 +184,10 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         });
         // The generated exercises are left out: their formatting follows from their solution's, and renaming the
         // crate (`solution_NN` → `lesson_NN`) can move an import in rustfmt's sort order.
-        suite.step("formatting of kit, kit-testing, xtask and solutions (cargo fmt --check)", || {
+        suite.step("formatting of kit, kit-testing, xtask, compare and solutions (cargo fmt --check)", || {
             let mut command = cargo::cargo();
             command.args(["fmt", "--check", "--package", "kit", "--package", "kit-testing", "--package", "xtask"]);
+            command.args(["--package", "compare"]);
             for lesson in catalog::lessons()? {
                 command.args(["--package", &lesson.solution_package()]);
             }
@@ -208,6 +209,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         suite.step("xtask tests", || {
             expect_all_pass(&cargo::test_package_with("xtask", &["--features", "brokers"], &[])?)
         });
+        // `cargo xtask compare`'s own tests (its tables and percentiles; no broker): the measured run is a step of
+        // `.ci/run`, not a test.
+        suite.step("compare tests", || expect_all_pass(&cargo::test_package_with("compare", &[], &[])?));
         if let Some(bootstrap) = &options.kafka {
             // The fault proxy and the shared helpers against real Kafka. The JVM-cluster tests (jvm_kafka.rs)
             // start private clusters whatever the broker, so the step above has run them already.
