@@ -63,6 +63,35 @@ pub async fn committed_records(topic: &str, partitions: i32) -> Vec<kit::read::L
         .expect("the topic reads to its end")
 }
 
+/// The offsets `group` committed on `topic`'s first `partitions` partitions (`None`: nothing committed), asked of
+/// the broker by a consumer of that group on the blocking pool (the call blocks) that never joins it.
+pub async fn committed_offsets(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+    let (config, topic) = (broker().consumer_config(group), topic.to_string());
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = config.create().expect("a consumer");
+        let offsets = {
+            let mut wanted = TopicPartitionList::new();
+            for partition in 0..partitions {
+                wanted.add_partition(&topic, partition);
+            }
+            let found = consumer.committed_offsets(wanted, Duration::from_secs(10)).expect("committed offsets");
+            (0..partitions)
+                .map(|p| match found.find_partition(&topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(offset)) => Some(offset),
+                    _ => None,
+                })
+                .collect()
+            // `found` is dropped here, before the consumer: a live list blocks its drop for 30 s.
+        };
+        drop(consumer);
+        offsets
+    })
+    .await
+    .expect("the reader ran")
+}
+
 /// The latest value of each key of a changelog (`partitions` of them), as compaction would leave it: a key whose
 /// latest record is a tombstone (no payload) is gone.
 pub async fn latest_values(topic: &str, partitions: i32) -> std::collections::BTreeMap<String, Vec<u8>> {

@@ -239,7 +239,7 @@ async fn the_live_projector_follows_the_writer_and_a_rebuild_equals_it() {
     let events: u64 = last_versions.values().sum();
     assert_eq!(report.applied as u64, events, "every event applied once: {report:?}");
     assert_eq!(report.records, report.applied + report.duplicates);
-    let committed = committed(&group, &topics.events, PARTITIONS).await;
+    let committed = kit_testing::committed_offsets(&group, &topics.events, PARTITIONS).await;
     let committed: i64 = committed.iter().map(|offset| offset.unwrap_or(0)).sum();
     assert!(
         committed >= events as i64,
@@ -296,7 +296,11 @@ async fn the_projector_stops_uncommitted_on_a_gap() {
         Some(ProjectorError::Gap { order_id, expected: 2, found: 3, offset: 1, .. }) if order_id == "order-9" => {}
         _ => panic!("the error is ProjectorError::Gap at offset 1 (order-9 expects 2, found 3): {error:#}"),
     }
-    assert_eq!(committed(&group, &topic, 1).await, [Some(1)], "v1 committed; v3, not applied, not committed");
+    assert_eq!(
+        kit_testing::committed_offsets(&group, &topic, 1).await,
+        [Some(1)],
+        "v1 committed; v3, not applied, not committed"
+    );
     let mut probe = live.clone();
     let order = probe.summary("order-9").await.unwrap().expect("order-9's v1 is in");
     assert_eq!(order.version, 1, "the event after the gap changed nothing");
@@ -320,7 +324,11 @@ async fn a_record_that_is_no_event_stops_the_projector_and_the_rebuild_with_an_e
         "the error names the record at offset 1: {error:#}"
     );
     assert!(error.to_string().contains("offset 1 is not an order event"), "{error}");
-    assert_eq!(committed(&group, &topic, 1).await, [Some(1)], "the good record committed, the bad one not");
+    assert_eq!(
+        kit_testing::committed_offsets(&group, &topic, 1).await,
+        [Some(1)],
+        "the good record committed, the bad one not"
+    );
     let mut probe = live.clone();
     assert_eq!(probe.summary("order-10").await.unwrap().map(|s| s.version), Some(1));
 

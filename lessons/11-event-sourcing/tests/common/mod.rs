@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use kit::redis::ClearOnDrop;
 use kit_testing::{broker, unique};
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use lesson_11::projection::{ProjectorReport, ReadModel, projector_config, run_projector};
 use lesson_11::store::{OrderWriter, StoreTopics, producer_config};
 use lesson_11::{Command, Event, StoredEvent};
@@ -157,29 +156,4 @@ impl Projector {
             .unwrap_or_else(|_| panic!("the projector did not stop by itself within {within:?}"))
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
     }
-}
-
-/// The offsets `group` committed on `topic`, per partition (`None`: nothing committed).
-pub async fn committed(group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
-    let (config, topic) = (broker().consumer_config(group), topic.to_string());
-    blocking(move || {
-        let consumer: BaseConsumer = config.create().expect("a consumer");
-        let offsets = {
-            let mut wanted = TopicPartitionList::new();
-            for partition in 0..partitions {
-                wanted.add_partition(&topic, partition);
-            }
-            let found = consumer.committed_offsets(wanted, Duration::from_secs(10)).expect("committed offsets");
-            (0..partitions)
-                .map(|p| match found.find_partition(&topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(offset)) => Some(offset),
-                    _ => None,
-                })
-                .collect()
-            // `found` is dropped here, before the consumer: a live list blocks its drop for 30 s.
-        };
-        drop(consumer);
-        offsets
-    })
-    .await
 }

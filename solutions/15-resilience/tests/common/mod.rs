@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kit_testing::{broker, unique};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
 use solution_15::breaker::BreakerHandle;
 use solution_15::client::BudgetConfig;
 use solution_15::mailer::{FetchWatch, MailerStats};
@@ -58,28 +56,7 @@ pub async fn publish(topic: &str, order_ids: &[String]) -> BTreeMap<String, (i32
 
 /// The offsets `group` committed on `topic`'s 3 partitions (`None`: nothing committed).
 pub async fn committed(group: &str, topic: &str) -> Vec<Option<i64>> {
-    let (config, topic) = (broker().consumer_config(group), topic.to_string());
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = config.create().expect("a consumer");
-        let offsets = {
-            let mut wanted = TopicPartitionList::new();
-            for partition in 0..3 {
-                wanted.add_partition(&topic, partition);
-            }
-            let found = consumer.committed_offsets(wanted, Duration::from_secs(10)).expect("committed offsets");
-            (0..3)
-                .map(|p| match found.find_partition(&topic, p).map(|e| e.offset()) {
-                    Some(Offset::Offset(offset)) => Some(offset),
-                    _ => None,
-                })
-                .collect()
-            // `found` is dropped here, before the consumer: a live list blocks its drop for 30 s.
-        };
-        drop(consumer);
-        offsets
-    })
-    .await
-    .expect("the reader ran")
+    kit_testing::committed_offsets(group, topic, 3).await
 }
 
 /// The offsets a group should have committed once the orders in `done` are handled, and no other: per
